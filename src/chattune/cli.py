@@ -1,0 +1,211 @@
+"""The `chattune` command: one verb per job; each verb parses its flags and calls one library function.
+
+Bad input raises InputError: printed as one line, exit code 2, no traceback unless --debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from chattune.errors import InputError
+
+READER_FLAGS_HELP = "CSV/TSV column holding the {}; auto-detected (prompt/response, question/answer, ...) when omitted"
+
+
+def _add_reader_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompt-column", help=READER_FLAGS_HELP.format("user's message"))
+    parser.add_argument("--response-column", help=READER_FLAGS_HELP.format("reply"))
+    parser.add_argument("--first-speaker", choices=["user", "assistant"], default="user",
+                        help="transcripts: role of each conversation's first speaker (default: user)")
+
+
+def _reader_options(args) -> dict:
+    return dict(prompt_column=args.prompt_column, response_column=args.response_column,
+                first_speaker=args.first_speaker)
+
+
+def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding (default 0.7)")
+    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling threshold (default 0.9)")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="longest reply in tokens (default 128)")
+    parser.add_argument("--seed", type=int, help="fix the sampling for reproducible replies")
+
+
+def _sampling(args):
+    from chattune.inference import Sampling
+
+    return Sampling(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                    seed=args.seed)
+
+
+def cmd_data_inspect(args) -> None:
+    from rich.console import Console
+
+    from chattune.data.inspect import inspect_data, print_inspection
+
+    result = inspect_data(args.path, args.model, args.max_length, **_reader_options(args))
+    if args.json:
+        print(json.dumps({**result, "example": [list(piece) for piece in result["example"]]}, ensure_ascii=False))
+    else:
+        print_inspection(result, Console())
+
+
+def cmd_data_convert(args) -> None:
+    from chattune.data.load import load_conversations, write_jsonl
+
+    conversations, report = load_conversations(args.path, **_reader_options(args))
+    write_jsonl(conversations, Path(args.out))
+    print(report.summary())
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"wrote {len(conversations)} conversations to {args.out}")
+
+
+def cmd_train(args) -> None:
+    import time
+
+    from rich.console import Console
+
+    from chattune.config import load_config
+    from chattune.train.sft import train
+
+    overrides = list(args.set)
+    if args.data is not None:
+        overrides.append(f"data={json.dumps(args.data)}")
+    if args.model is not None:
+        overrides.append(f"model={json.dumps(args.model)}")
+    run = Path(args.output or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.resume:  # a resumed run keeps the config it started with
+        cfg = load_config(run / "config.yaml", overrides)
+    else:
+        cfg = load_config(args.config, overrides)
+    console = Console(stderr=True)
+    train(cfg, run, resume=args.resume, overwrite=args.overwrite, merge=args.merge, console=console)
+    metrics = json.loads((run / "metrics.json").read_text())
+    base, tuned = metrics["base"], metrics["tuned"]
+    print(f"eval perplexity {base['perplexity']:.2f} -> {tuned['perplexity']:.2f} "
+          f"({metrics['perplexity_change']:+.1%}), token accuracy {base['token_accuracy']:.3f} -> "
+          f"{tuned['token_accuracy']:.3f}")
+    print(f"run folder: {run}\n  chat:     chattune chat {run}\n  generate: chattune generate {run} --prompt 'hi!'")
+
+
+def cmd_chat(args) -> None:
+    from rich.console import Console
+
+    from chattune.inference import load_chatbot
+    from chattune.terminal_chat import chat_loop
+
+    sampling = _sampling(args)
+    chatbot = load_chatbot(args.run)
+    if args.system:
+        chatbot.system_prompt = args.system
+    chat_loop(chatbot, sampling, Console(highlight=False))
+
+
+def cmd_generate(args) -> None:
+    from chattune.inference import load_chatbot
+
+    if (args.prompt is None) == (args.input is None):
+        raise InputError("generate: give exactly one of --prompt TEXT or --input PROMPTS.txt")
+    if args.prompt is not None:
+        prompts = [args.prompt]
+    else:
+        path = Path(args.input)
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not prompts:
+            raise InputError(f"{path}: no prompts (one per line)")
+    sampling = _sampling(args)
+    chatbot = load_chatbot(args.run)
+    for first in range(0, len(prompts), args.batch_size):
+        chunk = prompts[first : first + args.batch_size]
+        replies = chatbot.replies([[{"role": "user", "content": p}] for p in chunk], sampling)
+        for prompt, reply in zip(chunk, replies):
+            print(json.dumps({"prompt": prompt, "reply": reply}, ensure_ascii=False) if args.jsonl else reply)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from chattune.models import DEFAULT_MODEL
+
+    parser = argparse.ArgumentParser(prog="chattune", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    data = verbs.add_parser("data", help="inspect or convert conversation data").add_subparsers(dest="action",
+                                                                                                  required=True)
+    inspect = data.add_parser("inspect", help="read, clean and tokenize a dataset; print what a model would see")
+    inspect.add_argument("path", help="file, folder, or corpus name (chitchat, chatterbot)")
+    inspect.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    inspect.add_argument("--model", default=DEFAULT_MODEL, help=f"tokenizer/chat template to use ({DEFAULT_MODEL})")
+    inspect.add_argument("--max-length", type=int, default=512, help="tokens per conversation (default 512)")
+    _add_reader_flags(inspect)
+    inspect.set_defaults(func=cmd_data_inspect)
+    convert = data.add_parser("convert", help="write cleaned conversations as OpenAI-messages JSONL")
+    convert.add_argument("path", help="file, folder, or corpus name")
+    convert.add_argument("out", help="output .jsonl")
+    _add_reader_flags(convert)
+    convert.set_defaults(func=cmd_data_convert)
+
+    train = verbs.add_parser("train", help="fine-tune a model on conversations (LoRA or full)")
+    train.add_argument("config", nargs="?", help="YAML config (see configs/example.yaml); every key has a default")
+    train.add_argument("--data", help="file, folder, or corpus name (overrides the config's data)")
+    train.add_argument("--model", help=f"HF id, local folder, or {DEFAULT_MODEL} (overrides the config's model)")
+    train.add_argument("--output", help="run folder (default runs/YYYYmmdd-HHMMSS)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set max_steps=2 --set lora.r=8 (repeatable)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    train.add_argument("--merge", action="store_true", help="also save LoRA merged into the base weights (RUN/model)")
+    train.set_defaults(func=cmd_train)
+
+    chat = verbs.add_parser("chat", help="interactive terminal chat with a run or model (streams tokens)")
+    chat.add_argument("run", help="run folder, or a model name/folder")
+    chat.add_argument("--system", help="system prompt")
+    _add_sampling_flags(chat)
+    chat.set_defaults(func=cmd_chat)
+
+    generate = verbs.add_parser("generate", help="generate replies to one prompt or a file of prompts")
+    generate.add_argument("run", help="run folder, or a model name/folder")
+    generate.add_argument("--prompt", help="one user message")
+    generate.add_argument("--input", help="text file with one prompt per line")
+    generate.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
+    generate.add_argument("--jsonl", action="store_true", help="print {prompt, reply} JSON lines")
+    _add_sampling_flags(generate)
+    generate.set_defaults(func=cmd_generate)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars and deprecation notices bury chattune's own output; --debug shows them."""
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.debug:
+        _quiet_libraries()
+    try:
+        args.func(args)
+    except InputError as error:
+        if args.debug:
+            raise
+        print(f"chattune: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

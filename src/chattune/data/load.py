@@ -1,0 +1,93 @@
+"""Load conversations from any supported source, cleaned, with a report of what happened; write them as JSONL.
+
+    conversations, report = load_conversations("chats.csv")              # or .tsv .jsonl .json .txt .parquet, a folder
+    conversations, report = load_conversations("chitchat", limit=500)    # a built-in corpus, its first 500 chats
+    write_jsonl(conversations, run_dir / "train.jsonl")                  # {"messages": [...]} per line
+
+Every problem with the input raises InputError with one line that says where and what to do.
+"""
+
+import json
+from pathlib import Path
+
+from chattune.data.clean import clean_conversations
+from chattune.data.conversation import Conversation
+from chattune.data.readers.corpora import CORPORA, read_corpus
+from chattune.data.readers.csv_reader import read_csv
+from chattune.data.readers.hf_reader import read_hf_dataset
+from chattune.data.readers.jsonl_reader import read_json_records
+from chattune.data.readers.transcript_reader import read_transcript, speaker_of
+from chattune.data.report import DataReport
+from chattune.errors import InputError
+from chattune.files import atomic_write_text
+
+CORPUS_NAMES = ", ".join(CORPORA)
+SUPPORTED = (
+    ".csv, .tsv, .jsonl, .json, .txt ('Speaker: text' lines), .parquet, .arrow, a datasets folder, "
+    f"or a corpus name ({CORPUS_NAMES})"
+)
+SNIFF_BYTES = 4096  # enough to see the first record or speaker line of a file without a known extension
+
+
+def _sniffed_format(path: Path) -> str:
+    """"json" or "transcript" from the first bytes of a file whose extension says nothing, else InputError."""
+    with path.open("rb") as file:
+        head = file.read(SNIFF_BYTES).decode("utf-8-sig", errors="replace").lstrip()
+    if head.startswith(("{", "[")):
+        return "json"
+    if speaker_of(head.split("\n", 1)[0]) is not None:
+        return "transcript"
+    raise InputError(f"{path}: unknown format; use one of: {SUPPORTED}")
+
+
+def _read(source: str, report: DataReport, prompt_column, response_column, first_speaker) -> list[Conversation]:
+    path = Path(source)
+    if source in CORPORA and not path.exists():
+        return read_corpus(source, report)
+    if not path.exists():
+        raise InputError(f"{source}: no such file or directory; give a path or one of the corpora: {CORPUS_NAMES}")
+    columns = {"prompt_column": prompt_column, "response_column": response_column}
+    suffix = path.suffix.lower()
+    if path.is_dir() or suffix in (".parquet", ".arrow"):
+        return read_hf_dataset(path, report, **columns)
+    if suffix in (".csv", ".tsv"):
+        return read_csv(path, report, **columns)
+    if suffix in (".jsonl", ".json"):
+        return read_json_records(path, report, **columns)
+    if suffix == ".txt" or _sniffed_format(path) == "transcript":
+        return read_transcript(path, report, first_speaker=first_speaker)
+    return read_json_records(path, report, **columns)
+
+
+def load_conversations(
+    source: str,
+    *,
+    prompt_column: str | None = None,  # CSV column / record key of the user turn; None: found by name
+    response_column: str | None = None,  # CSV column / record key of the assistant turn; None: found by name
+    first_speaker: str = "user",  # transcripts: the role of each conversation's first speaker ("user"/"assistant")
+    max_turn_chars: int | None = None,  # drop conversations with a longer turn; None: keep all
+    limit: int | None = None,  # keep only the first `limit` conversations read, before cleaning; None: all
+) -> tuple[list[Conversation], DataReport]:
+    """(cleaned conversations, report) from a file, folder or corpus name; InputError when none are left."""
+    if first_speaker not in ("user", "assistant"):
+        raise InputError(f"first_speaker must be 'user' or 'assistant', got {first_speaker!r}")
+    report = DataReport(format="unknown", source=source)
+    conversations = _read(source, report, prompt_column, response_column, first_speaker)[:limit]
+    report.conversations_read = len(conversations)
+    if not conversations:
+        raise InputError(f"{source}: no conversations found ({report.format}); check that the file has data")
+    kept = clean_conversations(conversations, report, max_turn_chars=max_turn_chars)
+    if not kept:
+        dropped = ", ".join(f"{reason} {count}" for reason, count in report.dropped.items())
+        raise InputError(
+            f"{source}: no conversations left after cleaning (dropped: {dropped}); "
+            "each conversation needs a user turn answered by an assistant turn"
+        )
+    return kept, report
+
+
+def write_jsonl(conversations: list[Conversation], path: Path) -> Path:
+    """Write `{"messages": [...]}` per line, atomically: a reader never sees half a file, even after a crash."""
+    lines = (json.dumps({"messages": conversation}, ensure_ascii=False) + "\n" for conversation in conversations)
+    atomic_write_text(Path(path), "".join(lines))
+    return Path(path)

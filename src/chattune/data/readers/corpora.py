@@ -1,0 +1,65 @@
+"""Built-in real conversation corpora, read from their pip packages by name.
+
+    conversations = read_corpus("chitchat", report)    # 7,168 two-person chats (pip install chitchat-dataset)
+    conversations = read_corpus("chatterbot", report)  # ~2,000 short English Q/A (pip install chatterbot-corpus)
+
+The package files are located with importlib, without importing the packages (chatterbot's pulls in heavy deps).
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import yaml
+
+from chattune.data.conversation import Conversation, append_turn
+from chattune.data.readers.records import text_field
+from chattune.data.report import DataReport
+from chattune.errors import InputError
+
+# corpus name -> (import name, pip name)
+CORPORA = {
+    "chitchat": ("chitchat_dataset", "chitchat-dataset"),
+    "chatterbot": ("chatterbot_corpus", "chatterbot-corpus"),
+}
+
+
+def _package_dir(name: str) -> Path:
+    module, pip_name = CORPORA[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(f"{name}: the {name} corpus needs its package; run: pip install {pip_name}")
+    return Path(spec.submodule_search_locations[0])
+
+
+def _chitchat(package: Path) -> list[Conversation]:
+    """Each conversation's `messages` is a list of turns; a turn is a list of utterances `{text, sender, ...}`."""
+    conversations = []
+    for chat in json.loads((package / "dataset.json").read_text(encoding="utf-8")).values():  # file order
+        roles: dict[str, str] = {}  # sender id -> role; the first sender is the user
+        conversation: Conversation = []
+        for turn in chat["messages"]:
+            sender = turn[0]["sender"]
+            role = roles.setdefault(sender, "assistant" if roles else "user")
+            append_turn(conversation, role, "\n".join(utterance["text"] for utterance in turn))
+        conversations.append(conversation)
+    return conversations
+
+
+def _chatterbot(package: Path) -> list[Conversation]:
+    """Each english/*.yml holds `conversations: [[utterance, ...], ...]`, alternating user/assistant from the user."""
+    conversations = []
+    for path in sorted((package / "data" / "english").glob("*.yml")):
+        for index, utterances in enumerate(yaml.safe_load(path.read_text(encoding="utf-8"))["conversations"]):
+            conversations.append([
+                {"role": ("user", "assistant")[turn % 2], "content": text_field(utterance, f"{path}: {index}[{turn}]")}
+                for turn, utterance in enumerate(utterances)
+            ])
+    return conversations
+
+
+def read_corpus(name: str, report: DataReport) -> list[Conversation]:
+    """The corpus's conversations in file order (deterministic); `name` is a key of CORPORA."""
+    report.format = name
+    package = _package_dir(name)
+    return _chitchat(package) if name == "chitchat" else _chatterbot(package)

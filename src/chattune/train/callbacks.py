@@ -1,0 +1,93 @@
+"""Trainer callbacks: a Rich progress bar, a one-line summary per evaluation, metrics.jsonl, checkpoint markers.
+
+transformers' Trainer writes a checkpoint folder file by file. A checkpoint counts as complete only once
+`COMPLETE_MARKER` is written into it (atomically, after everything else): `--resume` takes the newest complete
+checkpoint and removes any interrupted one, so a crash during a save never poisons a resume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from chattune.files import atomic_write_text
+
+COMPLETE_MARKER = "chattune-complete"
+
+
+class RichProgress(TrainerCallback):
+    """A progress bar with the latest train loss, and one summary line per evaluation."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress: Progress | None = None
+        self.task = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.progress = Progress(
+            TextColumn("[bold blue]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, loss="")
+        self.progress.start()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.progress.update(self.task, loss=f"loss {logs['loss']:.3f}")
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        loss = metrics["eval_loss"]
+        best = state.best_metric if state.best_metric is not None else loss
+        self.console.print(
+            f"step {state.global_step:>5}/{state.max_steps}  epoch {state.epoch:.2f}  "
+            f"eval loss {loss:.4f}  ppl {math.exp(loss):.2f}  best {min(best, loss):.4f}"
+        )
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.progress.stop()
+
+
+class MetricsLog(TrainerCallback):
+    """Append every log (train loss, learning rate, eval loss) as one JSON line to `path`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+
+class CheckpointMarker(TrainerCallback):
+    """Mark a checkpoint complete after the Trainer has written all of it (on_save runs after the save)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        atomic_write_text(folder / COMPLETE_MARKER, f"{state.global_step}\n")
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint with its marker; interrupted ones (no marker) are removed."""
+    complete = None
+    checkpoints = sorted(folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=lambda path: int(path.name.split("-")[-1]))
+    for checkpoint in checkpoints:
+        if (checkpoint / COMPLETE_MARKER).is_file():
+            complete = checkpoint
+        else:
+            shutil.rmtree(checkpoint)
+    return complete
