@@ -80,17 +80,28 @@ def cmd_train(args) -> None:
         overrides.append(f"model={json.dumps(args.model)}")
     run = Path(args.output or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     if args.resume:  # a resumed run keeps the config it started with
+        if not (run / "config.yaml").is_file():
+            raise InputError(f"{run}: not a chattune run folder (no config.yaml), nothing to resume; give --output RUN")
         cfg = load_config(run / "config.yaml", overrides)
     else:
         cfg = load_config(args.config, overrides)
     console = Console(stderr=True)
     train(cfg, run, resume=args.resume, overwrite=args.overwrite, merge=args.merge, console=console)
-    metrics = json.loads((run / "metrics.json").read_text())
-    base, tuned = metrics["base"], metrics["tuned"]
-    print(f"eval perplexity {base['perplexity']:.2f} -> {tuned['perplexity']:.2f} "
-          f"({metrics['perplexity_change']:+.1%}), token accuracy {base['token_accuracy']:.3f} -> "
-          f"{tuned['token_accuracy']:.3f}")
+    print_before_after(json.loads((run / "metrics.json").read_text()), Console())
     print(f"run folder: {run}\n  chat:     chattune chat {run}\n  generate: chattune generate {run} --prompt 'hi!'")
+
+
+def print_before_after(metrics: dict, console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"held-out conversations: base vs tuned ({metrics['tuned']['tokens']} reply tokens)")
+    for column in ("metric", "base", "tuned", "change"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for key, label in (("loss", "eval loss"), ("perplexity", "perplexity"), ("token_accuracy", "token accuracy")):
+        base, tuned = metrics["base"][key], metrics["tuned"][key]
+        change = f"{tuned / base - 1:+.1%}" if base else f"{tuned - base:+.4f}"
+        table.add_row(label, f"{base:.4f}", f"{tuned:.4f}", change)
+    console.print(table)
 
 
 def cmd_chat(args) -> None:

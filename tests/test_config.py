@@ -1,0 +1,50 @@
+from pathlib import Path
+
+import pytest
+
+from chattune.config import TrainConfig, load_config
+from chattune.errors import InputError
+
+CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
+
+
+def test_defaults_need_no_file():
+    cfg = load_config()
+    assert cfg.model == "smollm2-135m-instruct" and cfg.method == "lora"
+    assert cfg.learning_rate == 2e-4
+
+
+def test_full_fine_tune_gets_a_smaller_default_learning_rate():
+    assert load_config(overrides=["method=full"]).learning_rate == 2e-5
+
+
+def test_overrides_reach_nested_keys_and_parse_types(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("max_steps: 5\nlora:\n  r: 4\n")
+    cfg = load_config(path, ["max_steps=2", "lora.r=8", "lora.target_modules=[q_proj, v_proj]", "eval_data=null"])
+    assert cfg.max_steps == 2 and cfg.lora.r == 8 and cfg.lora.alpha == 32
+    assert cfg.lora.target_modules == ["q_proj", "v_proj"] and cfg.eval_data is None
+
+
+@pytest.mark.parametrize("override, message", [
+    (["max_step=2"], "unknown key max_step"),
+    (["lora.rank=2"], "unknown key lora.rank"),
+    (["method=qlora"], "method must be 'lora' or 'full'"),
+    (["max_steps"], "expected KEY=VALUE"),
+])
+def test_bad_config_names_the_key(override, message):
+    with pytest.raises(InputError, match=message):
+        load_config(overrides=override)
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("max_steps: 2\nlora: [\n")
+    with pytest.raises(InputError, match=r"bad.yaml:\d+: not valid YAML"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_starts_with_its_command(path):
+    assert isinstance(load_config(path), TrainConfig)
+    assert path.read_text().startswith("# "), "each config starts with the command that runs it"
