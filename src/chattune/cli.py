@@ -35,6 +35,14 @@ def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="fix the sampling for reproducible replies")
 
 
+def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=["hf", "llamacpp"], default="hf",
+                        help="decode with transformers (hf, default) or llama.cpp (llamacpp: several times faster on "
+                        "a CPU; exports the run to GGUF once; needs llama-cpp-python)")
+    parser.add_argument("--quant", choices=["q4_1", "q8_0", "f16"], default="q4_1",
+                        help="GGUF weights for --backend llamacpp (default q4_1, as the packaged SmolLM2)")
+
+
 def _sampling(args):
     from chattune.inference import Sampling
 
@@ -86,8 +94,22 @@ def cmd_train(args) -> None:
     else:
         cfg = load_config(args.config, overrides)
     console = Console(stderr=True)
+    if cfg.task == "classify":
+        from chattune.evaluate.report import print_evaluation
+        from chattune.train.classify import train_classifier
+
+        if args.resume:
+            raise InputError("--resume: classification runs restart from scratch (they take minutes); drop --resume")
+        train_classifier(cfg, run, overwrite=args.overwrite, console=console)
+        print_evaluation(json.loads((run / "eval.json").read_text()), Console())
+        print(f"run folder: {run}\n  report:  {run / 'report.html'}\n  predict: chattune predict {run} --text 'hi!'")
+        return
     train(cfg, run, resume=args.resume, overwrite=args.overwrite, merge=args.merge, console=console)
     print_before_after(json.loads((run / "metrics.json").read_text()), Console())
+    if (run / "eval.json").is_file():
+        from chattune.evaluate.report import print_evaluation
+
+        print_evaluation(json.loads((run / "eval.json").read_text()), Console())
     print(f"run folder: {run}\n  chat:     chattune chat {run}\n  generate: chattune generate {run} --prompt 'hi!'")
 
 
@@ -107,14 +129,12 @@ def print_before_after(metrics: dict, console) -> None:
 def cmd_chat(args) -> None:
     from rich.console import Console
 
-    from chattune.inference import load_chatbot
+    from chattune.decode import load_backend
     from chattune.terminal_chat import chat_loop
 
     sampling = _sampling(args)
-    chatbot = load_chatbot(args.run)
-    if args.system:
-        chatbot.system_prompt = args.system
-    chat_loop(chatbot, sampling, Console(highlight=False))
+    backend = load_backend(args.run, args.backend, args.quant)
+    chat_loop(backend, sampling, Console(highlight=False), system_prompt=args.system)
 
 
 def cmd_generate(args) -> None:
@@ -138,6 +158,70 @@ def cmd_generate(args) -> None:
         replies = chatbot.replies([[{"role": "user", "content": p}] for p in chunk], sampling)
         for prompt, reply in zip(chunk, replies):
             print(json.dumps({"prompt": prompt, "reply": reply}, ensure_ascii=False) if args.jsonl else reply)
+
+
+def cmd_eval(args) -> None:
+    from rich.console import Console
+
+    from chattune.evaluate.report import print_evaluation
+    from chattune.evaluate.run import evaluate_run
+
+    result = evaluate_run(args.run, data=args.data, split=args.split, limit=args.limit,
+                          compare_base=args.compare_base, max_new_tokens=args.max_new_tokens,
+                          batch_size=args.batch_size, console=Console(stderr=True))
+    print_evaluation(result, Console())
+    print(f"wrote {Path(args.run) / 'eval.json'} and {Path(args.run) / 'report.html'}")
+
+
+def cmd_report(args) -> None:
+    from chattune.evaluate.report import write_report
+
+    print(f"wrote {write_report(Path(args.run))}")
+
+
+def cmd_predict(args) -> None:
+    from chattune.train.classify import predict
+
+    if not args.text:
+        raise InputError("predict: give at least one --text TEXT")
+    for text, result in zip(args.text, predict(args.run, args.text)):
+        if args.json:
+            print(json.dumps({"text": text, **result}, ensure_ascii=False))
+        else:
+            top = ", ".join(f"{label} {p:.2f}" for label, p in list(result["probabilities"].items())[:3])
+            print(f"{result['label']}\t({top})\t{text}")
+
+
+def cmd_serve(args) -> None:
+    from chattune.serve.app import serve
+
+    api_key = args.api_key or os.environ.get("CHATTUNE_API_KEY") or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        print(f"warning: serving on {args.host} without --api-key: anyone who can reach this port can use the model",
+              file=sys.stderr)
+    serve(args.run, host=args.host, port=args.port, api_key=api_key, db=args.db, backend=args.backend,
+          quant=args.quant)
+
+
+def cmd_feedback_stats(args) -> None:
+    from chattune.feedback import feedback_stats
+
+    stats = feedback_stats(args.db)
+    if args.json:
+        print(json.dumps(stats))
+        return
+    for key, value in stats.items():
+        if isinstance(value, dict):  # counts per finish reason, per model
+            value = ", ".join(f"{name}: {count}" for name, count in value.items()) or "-"
+        print(f"{key.replace('_', ' '):>15}  {value}")
+
+
+def cmd_feedback_export(args) -> None:
+    from chattune.feedback import export_feedback
+
+    rows = export_feedback(args.db, args.format, args.out)
+    use = f"chattune train --data {args.out}" if args.format == "sft" else "a DPO trainer (TRL's preference format)"
+    print(f"wrote {rows} {args.format} rows to {args.out}; use with: {use}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,8 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = verbs.add_parser("chat", help="interactive terminal chat with a run or model (streams tokens)")
     chat.add_argument("run", help="run folder, or a model name/folder")
-    chat.add_argument("--system", help="system prompt")
+    chat.add_argument("--system", help="system prompt (default: the run's)")
     _add_sampling_flags(chat)
+    _add_backend_flags(chat)
     chat.set_defaults(func=cmd_chat)
 
     generate = verbs.add_parser("generate", help="generate replies to one prompt or a file of prompts")
@@ -188,6 +273,54 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--jsonl", action="store_true", help="print {prompt, reply} JSON lines")
     _add_sampling_flags(generate)
     generate.set_defaults(func=cmd_generate)
+
+    evaluate = verbs.add_parser("eval", help="score a run on held-out data (base vs tuned); writes eval.json, report.html")
+    evaluate.add_argument("run", help="run folder written by `chattune train`")
+    evaluate.add_argument("--data", help="file or corpus to score instead of the run's own held-out split")
+    evaluate.add_argument("--split", choices=["eval", "train"], default="eval",
+                          help="which side of the run's split to score (default: eval, never trained on)")
+    evaluate.add_argument("--limit", type=int, help="score only the first N conversations (a quicker sample)")
+    evaluate.add_argument("--compare-base", action="store_true",
+                          help="also score the base model, with deltas and paired bootstrap 95%% intervals")
+    evaluate.add_argument("--max-new-tokens", type=int, help="longest generated reply (default: the run's "
+                          "eval_max_new_tokens, 64)")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="replies generated together (default 8)")
+    evaluate.set_defaults(func=cmd_eval)
+
+    report = verbs.add_parser("report", help="re-render RUN/report.html from RUN/eval.json (no recomputing)")
+    report.add_argument("run", help="run folder with eval.json")
+    report.set_defaults(func=cmd_report)
+
+    predict = verbs.add_parser("predict", help="classify texts with a classification run (task: classify)")
+    predict.add_argument("run", help="run folder of a classification run")
+    predict.add_argument("--text", action="append", default=[], help="text to classify (repeatable)")
+    predict.add_argument("--json", action="store_true", help="print {text, label, probabilities} JSON lines")
+    predict.set_defaults(func=cmd_predict)
+
+    serve = verbs.add_parser("serve", help="OpenAI-compatible API + streaming web chat + feedback store")
+    serve.add_argument("run", help="run folder, or a model name/folder")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 and /api (or $CHATTUNE_API_KEY)")
+    serve.add_argument("--db", default="feedback.sqlite", help="SQLite file for conversations and feedback "
+                       "(default feedback.sqlite)")
+    _add_backend_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    feedback = verbs.add_parser("feedback", help="feedback collected by `chattune serve`: stats, training data")
+    feedback_actions = feedback.add_subparsers(dest="action", required=True)
+    stats = feedback_actions.add_parser("stats", help="count conversations, replies, ratings, edits, exportable rows")
+    stats.add_argument("--db", default="feedback.sqlite",
+                       help="SQLite file written by `chattune serve` (default feedback.sqlite)")
+    stats.add_argument("--json", action="store_true", help="print one JSON object")
+    stats.set_defaults(func=cmd_feedback_stats)
+    export = feedback_actions.add_parser("export", help="write rated/edited replies as training JSONL")
+    export.add_argument("out", help="output .jsonl")
+    export.add_argument("--format", choices=["sft", "dpo"], required=True,
+                        help="sft: {messages} rows for `chattune train`; dpo: {prompt, chosen, rejected} pairs")
+    export.add_argument("--db", default="feedback.sqlite",
+                        help="SQLite file written by `chattune serve` (default feedback.sqlite)")
+    export.set_defaults(func=cmd_feedback_export)
     return parser
 
 

@@ -32,6 +32,9 @@ class LoraSettings:
 
 @dataclass
 class TrainConfig:
+    # "chat" fine-tunes a causal LM on conversations; "classify" fine-tunes an encoder (or LM) with a classification
+    # head on (text, label) rows, for intent/topic routing. One config type: both share data, split and optimiser.
+    task: str = "chat"
     # --- data ---
     data: str = "chitchat"  # a file/folder (CSV, TSV, JSONL, JSON, ShareGPT, transcript .txt) or corpus name
     eval_data: str | None = None  # separate held-out data; None splits `data` by conversation
@@ -40,6 +43,8 @@ class TrainConfig:
     eval_limit: int | None = None  # evaluate on at most N held-out conversations (keeps evals fast)
     prompt_column: str | None = None  # CSV/TSV column with the user's text (auto-detected when None)
     response_column: str | None = None  # CSV/TSV column with the reply (auto-detected when None)
+    text_column: str | None = None  # classify: CSV/JSONL column with the text (auto-detected when None)
+    label_column: str | None = None  # classify: CSV/JSONL column with the label (auto-detected when None)
     first_speaker: str = "user"  # transcripts: role of the first speaker of each conversation
     system_prompt: str | None = None  # added as the system turn of conversations that have none
     # --- model ---
@@ -48,6 +53,9 @@ class TrainConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     max_length: int = 512  # tokens per conversation; longer ones are cut at the end
     loss_on: str = "assistant"  # "assistant": learn the replies only; "all": every token
+    # --- speed (train/fast.py; each trick computes the same loss as the plain path) ---
+    packing: bool = True  # pack conversations into max_length rows without cross-attention: no compute on padding
+    precision: str = "auto"  # "auto": bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32
     # --- optimisation ---
     epochs: float = 1.0  # passes over the training data (ignored when max_steps > 0)
     max_steps: int = -1  # stop after this many optimizer steps; -1 means use epochs
@@ -65,12 +73,24 @@ class TrainConfig:
     save_total_limit: int = 2  # checkpoints kept on disk (the best one is always kept)
     logging_steps: int = 10  # log train loss every N steps
     eval_batch_size: int = 8  # conversations per evaluation batch
+    # After training, base and tuned models reply to this many held-out conversations for BLEU/ROUGE/toxicity/
+    # relevance with bootstrap intervals (RUN/eval.json, RUN/report.html); 0 skips it. 64 pairs take ~1 min for
+    # SmolLM2-135M on 2 CPU cores and give intervals narrow enough to tell a real change from noise.
+    eval_replies: int = 64
+    eval_max_new_tokens: int = 64  # longest generated reply in the evaluation; most chat replies end well before
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
             self.lora = _build(LoraSettings, self.lora, "lora.")
+        _check(self.task in ("chat", "classify"), "task", "must be 'chat' or 'classify'")
+        if self.task == "classify":  # the chat defaults make no classifier: swap in labelled data and an encoder
+            self.data = "chatterbot-topics" if self.data == "chitchat" else self.data
+            self.model = "all-minilm-l6-v2" if self.model == "smollm2-135m-instruct" else self.model
+        _check(self.eval_replies >= 0, "eval_replies", "must be >= 0 (0 skips the evaluation after training)")
+        _check(self.eval_max_new_tokens > 0, "eval_max_new_tokens", "must be positive")
         _check(self.method in ("lora", "full"), "method", "must be 'lora' or 'full'")
         _check(self.loss_on in ("assistant", "all"), "loss_on", "must be 'assistant' or 'all'")
+        _check(self.precision in ("auto", "bf16", "fp32"), "precision", "must be 'auto', 'bf16' or 'fp32'")
         _check(self.first_speaker in ("user", "assistant"), "first_speaker", "must be 'user' or 'assistant'")
         _check(0.0 < self.eval_fraction < 1.0, "eval_fraction", "must be between 0 and 1")
         _check(self.max_length >= 16, "max_length", "must be at least 16 tokens")
@@ -97,10 +117,29 @@ def _build(cls, values: dict[str, Any], prefix: str = ""):
     unknown = sorted(set(values) - known)
     if unknown:
         raise InputError(f"config: unknown key {prefix}{unknown[0]}; known keys: {', '.join(sorted(known))}")
+    for spec in dataclasses.fields(cls):
+        if spec.name in values:
+            values[spec.name] = _number(spec, values[spec.name], prefix)
     try:
         return cls(**values)
     except TypeError as error:
         raise InputError(f"config: {error}") from None
+
+
+def _number(spec: dataclasses.Field, value: Any, prefix: str) -> Any:
+    """Check numeric fields; YAML 1.1 reads `3e-3` (no dot) as a string, so numeric strings become floats."""
+    kind = str(spec.type)
+    if value is None or not kind.startswith(("int", "float")):
+        return value
+    if kind.startswith("float") and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    wanted = (int,) if kind.startswith("int") else (int, float)
+    if isinstance(value, bool) or not isinstance(value, wanted):
+        raise InputError(f"config: {prefix}{spec.name} must be {kind.split(' ')[0]}, got {value!r}")
+    return value
 
 
 def apply_override(values: dict[str, Any], assignment: str) -> None:

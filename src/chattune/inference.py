@@ -9,10 +9,8 @@ holds the weights with the tokenizer and chat template. Anything else is loaded 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from threading import Thread
 
 import torch
 
@@ -48,12 +46,12 @@ class Chatbot:
         self.stop_ids = sorted({self.tokenizer.convert_tokens_to_ids(end_of_turn_token(self.tokenizer)),
                                 self.tokenizer.eos_token_id})
 
-    def _messages(self, messages: list[dict]) -> list[dict]:
+    def with_system(self, messages: list[dict]) -> list[dict]:
         if self.system_prompt and messages[0]["role"] != "system":
             return [{"role": "system", "content": self.system_prompt}, *messages]
         return messages
 
-    def _generate_kwargs(self, sampling: Sampling) -> dict:
+    def generate_kwargs(self, sampling: Sampling) -> dict:
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         greedy = sampling.temperature == 0
@@ -63,8 +61,8 @@ class Chatbot:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
         return kwargs
 
-    def _encode(self, conversations: list[list[dict]]) -> dict:
-        texts = [self.tokenizer.apply_chat_template(self._messages(c), tokenize=False, add_generation_prompt=True)
+    def encode(self, conversations: list[list[dict]]) -> dict:
+        texts = [self.tokenizer.apply_chat_template(self.with_system(c), tokenize=False, add_generation_prompt=True)
                  for c in conversations]
         self.tokenizer.padding_side = "left"  # generation appends on the right, so pad on the left
         batch = self.tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
@@ -72,24 +70,13 @@ class Chatbot:
 
     @torch.no_grad()
     def replies(self, conversations: list[list[dict]], sampling: Sampling) -> list[str]:
-        batch = self._encode(conversations)
-        output = self.model.generate(**batch, **self._generate_kwargs(sampling))
+        batch = self.encode(conversations)
+        output = self.model.generate(**batch, **self.generate_kwargs(sampling))
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
 
     def reply(self, messages: list[dict], sampling: Sampling) -> str:
         return self.replies([messages], sampling)[0]
-
-    def stream(self, messages: list[dict], sampling: Sampling) -> Iterator[str]:
-        """Yield the reply piece by piece as it is generated."""
-        from transformers import TextIteratorStreamer
-
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs = dict(**self._encode([messages]), **self._generate_kwargs(sampling), streamer=streamer)
-        worker = Thread(target=torch.no_grad()(self.model.generate), kwargs=kwargs, daemon=True)
-        worker.start()
-        yield from streamer
-        worker.join()
 
 
 def load_chatbot(name: str) -> Chatbot:

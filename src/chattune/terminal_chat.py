@@ -1,6 +1,6 @@
 """Interactive multi-turn chat in the terminal, streaming the reply as it is generated.
 
-    chattune chat runs/demo
+    chattune chat runs/demo [--backend llamacpp]
 
 Commands: /reset starts a new conversation, /system TEXT sets the system prompt (and resets), /quit leaves.
 """
@@ -9,14 +9,28 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from chattune.inference import Chatbot, Sampling
+from chattune.decode import DecodeBackend, ReplyText
+from chattune.inference import Sampling
 
 HELP = "commands: /reset  /system TEXT  /quit"
 
 
-def chat_loop(chatbot: Chatbot, sampling: Sampling, console: Console, read=input) -> None:
+def stream_reply(backend: DecodeBackend, messages: list[dict], sampling: Sampling, console: Console) -> str:
+    reply = ReplyText(backend.decode, stop=[])
+
+    def show(token_id: int) -> bool:
+        console.print(reply.add(token_id), end="", markup=False, highlight=False)
+        return True
+
+    backend.generate(backend.prompt_ids(messages), sampling, show)
+    console.print(reply.finish(), markup=False, highlight=False)
+    return reply.text
+
+
+def chat_loop(backend: DecodeBackend, sampling: Sampling, console: Console, system_prompt: str | None = None,
+              read=input) -> None:
     messages: list[dict] = []
-    console.print(f"[dim]chatting with {chatbot.model.name_or_path}; {HELP}[/dim]")
+    console.print(f"[dim]{HELP}[/dim]")
     while True:
         try:
             line = read("you> ").strip()
@@ -27,23 +41,17 @@ def chat_loop(chatbot: Chatbot, sampling: Sampling, console: Console, read=input
             continue
         if line in ("/quit", "/exit"):
             return
-        if line == "/reset":
+        if line == "/reset" or line.startswith("/system"):
+            if line.startswith("/system"):
+                system_prompt = line.removeprefix("/system").strip() or None
+                console.print("[dim]system prompt set[/dim]")
             messages = []
             console.print("[dim]new conversation[/dim]")
-            continue
-        if line.startswith("/system"):
-            chatbot.system_prompt = line.removeprefix("/system").strip() or None
-            messages = []
-            console.print("[dim]system prompt set; new conversation[/dim]")
             continue
         if line.startswith("/"):
             console.print(f"[dim]unknown command; {HELP}[/dim]")
             continue
         messages.append({"role": "user", "content": line})
+        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
         console.print("bot> ", end="")
-        pieces = []
-        for piece in chatbot.stream(messages, sampling):
-            pieces.append(piece)
-            console.print(piece, end="", markup=False, highlight=False)
-        console.print()
-        messages.append({"role": "assistant", "content": "".join(pieces).strip()})
+        messages.append({"role": "assistant", "content": stream_reply(backend, system + messages, sampling, console)})

@@ -17,6 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
 from rich.console import Console
 
 from chattune.config import TrainConfig, save_config
@@ -28,6 +29,8 @@ from chattune.evaluate.likelihood import likelihood
 from chattune.files import atomic_directory, atomic_write_json
 from chattune.models import load_model
 from chattune.train.callbacks import CheckpointMarker, MetricsLog, RichProgress, last_complete_checkpoint
+from chattune.train.fast import (FastTrainer, PackedCollator, bf16_supported, pack_examples,
+                                 supports_target_only_loss)
 
 
 def train(cfg: TrainConfig, run: Path, *, resume: bool = False, overwrite: bool = False, merge: bool = False,
@@ -37,9 +40,9 @@ def train(cfg: TrainConfig, run: Path, *, resume: bool = False, overwrite: bool 
     checkpoint = _prepare_run_folder(run, resume, overwrite)
     save_config(cfg, run / "config.yaml")
 
-    train_set, eval_set, report = _load_data(cfg)
+    train_set, eval_set, report = load_split(cfg)
     model, tokenizer = load_model(cfg.model)
-    train_examples, eval_examples = _tokenize(cfg, tokenizer, train_set, eval_set, report)
+    train_examples, eval_examples = tokenize_split(cfg, tokenizer, train_set, eval_set, report)
     atomic_write_json(run / "data_report.json", report)
     console.print(
         f"data: {report['train_conversations']} train / {report['eval_conversations']} eval conversations, "
@@ -47,16 +50,20 @@ def train(cfg: TrainConfig, run: Path, *, resume: bool = False, overwrite: bool 
     )
 
     collator = PadCollator(tokenizer.pad_token_id)
-    base_scores = likelihood(model, eval_examples, collator, cfg.eval_batch_size)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = use_bf16(cfg.precision, model.device)
+    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+        base_scores = likelihood(model, eval_examples, collator, cfg.eval_batch_size)
     console.print(f"base model: eval loss {base_scores['loss']:.4f}  ppl {base_scores['perplexity']:.2f}")
 
     if cfg.method == "lora":
-        model = _add_lora(model, cfg)
-    trainer = _make_trainer(cfg, run, model, tokenizer, train_examples, eval_examples, collator, console)
+        model = add_lora(model, cfg)
+    trainer = make_trainer(cfg, run, model, tokenizer, train_examples, eval_examples, bf16, console)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     model = trainer.model  # the best checkpoint, restored by load_best_model_at_end
 
-    tuned_scores = likelihood(model, eval_examples, collator, cfg.eval_batch_size)
+    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+        tuned_scores = likelihood(model, eval_examples, collator, cfg.eval_batch_size)
     _save_model(cfg, run, model, tokenizer, merge)
     metrics = {
         "base": base_scores,
@@ -67,6 +74,10 @@ def train(cfg: TrainConfig, run: Path, *, resume: bool = False, overwrite: bool 
         "train_seconds": round(time.time() - started, 1),
     }
     atomic_write_json(run / "metrics.json", metrics)
+    if cfg.eval_replies:  # base vs tuned replies with bootstrap intervals -> RUN/eval.json, RUN/report.html
+        from chattune.evaluate.run import evaluate_run
+
+        evaluate_run(run, limit=cfg.eval_replies, compare_base=True, console=console)
     return run
 
 
@@ -85,7 +96,7 @@ def _prepare_run_folder(run: Path, resume: bool, overwrite: bool) -> Path | None
     return None
 
 
-def _load_data(cfg: TrainConfig):
+def load_split(cfg: TrainConfig):
     options = dict(prompt_column=cfg.prompt_column, response_column=cfg.response_column,
                    first_speaker=cfg.first_speaker)
     conversations, data_report = load_conversations(cfg.data, limit=cfg.limit, **options)
@@ -107,7 +118,7 @@ def _with_system(prompt: str, conversations: list[list[dict]]) -> list[list[dict
     return [c if c[0]["role"] == "system" else [{"role": "system", "content": prompt}, *c] for c in conversations]
 
 
-def _tokenize(cfg: TrainConfig, tokenizer, train_set, eval_set, report: dict):
+def tokenize_split(cfg: TrainConfig, tokenizer, train_set, eval_set, report: dict):
     train_examples, train_cut = tokenize_conversations(tokenizer, train_set, cfg.max_length, cfg.loss_on)
     eval_examples, eval_cut = tokenize_conversations(tokenizer, eval_set, cfg.max_length, cfg.loss_on)
     if not train_examples or not eval_examples:
@@ -122,7 +133,7 @@ def _tokenize(cfg: TrainConfig, tokenizer, train_set, eval_set, report: dict):
     return train_examples, eval_examples
 
 
-def _add_lora(model, cfg: TrainConfig):
+def add_lora(model, cfg: TrainConfig):
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
@@ -130,7 +141,13 @@ def _add_lora(model, cfg: TrainConfig):
     return get_peft_model(model, lora)
 
 
-def _make_trainer(cfg, run, model, tokenizer, train_examples, eval_examples, collator, console):
+def use_bf16(precision: str, device) -> bool:
+    if precision == "bf16" and not bf16_supported(device):
+        raise InputError(f"precision=bf16: this {device.type} has no native bf16; use precision=auto or fp32")
+    return precision == "bf16" or (precision == "auto" and bf16_supported(device))
+
+
+def make_trainer(cfg, run, model, tokenizer, train_examples, eval_examples, bf16, console):
     from torch.utils.tensorboard import SummaryWriter
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments
     from transformers.integrations import TensorBoardCallback
@@ -156,7 +173,11 @@ def _make_trainer(cfg, run, model, tokenizer, train_examples, eval_examples, col
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         logging_steps=cfg.logging_steps,
-        train_sampling_strategy="group_by_length",  # less padding per batch: similar lengths together
+        # packed rows are all ~max_length; unpacked, similar lengths together means less padding
+        train_sampling_strategy="random" if cfg.packing else "group_by_length",
+        bf16=bf16,
+        use_cpu=model.device.type == "cpu",
+        dataloader_pin_memory=model.device.type == "cuda",
         remove_unused_columns=False,
         report_to="none",
         disable_tqdm=True,
@@ -170,8 +191,14 @@ def _make_trainer(cfg, run, model, tokenizer, train_examples, eval_examples, col
     ]
     if cfg.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    trainer = Trainer(model=model, args=args, data_collator=collator, train_dataset=train_examples,
-                      eval_dataset=eval_examples, processing_class=tokenizer, callbacks=callbacks)
+    if cfg.packing:
+        train_examples, eval_examples = (pack_examples(part, cfg.max_length) for part in (train_examples, eval_examples))
+        collator = PackedCollator(tokenizer.pad_token_id)
+    else:
+        collator = PadCollator(tokenizer.pad_token_id)
+    trainer_class = FastTrainer if supports_target_only_loss(model) else Trainer
+    trainer = trainer_class(model=model, args=args, data_collator=collator, train_dataset=train_examples,
+                            eval_dataset=eval_examples, processing_class=tokenizer, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # RichProgress prints instead of raw log dicts
     return trainer
 

@@ -1,0 +1,164 @@
+"""Chat decoding speed: plain transformers `generate` against chattune's backends, side by side in one run.
+
+    python benchmarks/generate_throughput.py                      # the offline default model, ~3 min on 2 cores
+    python benchmarks/generate_throughput.py --model runs/demo    # a fine-tuned run (exports its GGUF once)
+
+One stream: time to first token for a ~200-token prompt, and decode tokens/s over `--tokens` greedy tokens (the
+end-of-turn token is suppressed by forcing a fixed length, so every row decodes the same number of tokens).
+Rows: HF generate fp32 (the baseline), HF generate bf16, chattune's llama.cpp backend. Then aggregate tokens/s of
+8 concurrent streams through `chattune serve` against one stream through it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from machine import write_result
+
+PROMPT = ("I run a small bakery and I'm trying to get more people to come in on weekday mornings. We sell "
+          "bread, croissants, muffins and coffee, and we're next to a train station. Most of our customers are "
+          "commuters who grab a coffee and leave, but we'd like them to buy a pastry too, and we'd like to see "
+          "more families and remote workers during the day. We have a small seating area with six tables and "
+          "free wifi, but it's often empty after nine. ") * 2 + "What three things should I try first, and why?"
+
+
+def time_stream(generate) -> dict:
+    """Run `generate(on_token)` and time the first token and the rest."""
+    stamps = []
+    started = time.perf_counter()
+    generate(lambda token: stamps.append(time.perf_counter()) or True)
+    decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0
+    return {"ttft_ms": (stamps[0] - started) * 1000, "decode_tokens_per_s": decode, "tokens": len(stamps)}
+
+
+def hf_row(model_name: str, dtype, tokens: int) -> dict:
+    import torch
+    from transformers.generation.streamers import BaseStreamer
+
+    from chattune.inference import load_chatbot
+
+    chatbot = load_chatbot(model_name)
+    chatbot.model.to(dtype)
+    prompt = chatbot.encode([[{"role": "user", "content": PROMPT}]])
+
+    def generate(on_token):
+        class Sink(BaseStreamer):
+            first = True
+
+            def put(self, value):
+                if self.first:
+                    self.first = False
+                else:
+                    on_token(int(value.reshape(-1)[0]))
+
+            def end(self):
+                pass
+
+        with torch.no_grad():
+            chatbot.model.generate(**prompt, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                                   streamer=Sink(), pad_token_id=chatbot.tokenizer.pad_token_id)
+
+    generate(lambda token: True)  # warm-up
+    return {**time_stream(generate), "prompt_tokens": prompt["input_ids"].shape[1]}
+
+
+def llamacpp_row(model_name: str, quant: str, tokens: int) -> dict:
+    from chattune.inference import Sampling
+    from chattune.llamacpp_backend import LlamaCppBackend
+
+    backend = LlamaCppBackend.load(model_name, quant)
+    backend.stop_ids = []  # fixed length, as in the HF rows
+    prompt_ids = backend.prompt_ids([{"role": "user", "content": PROMPT}])
+    sampling = Sampling(temperature=0, max_new_tokens=tokens)
+
+    def generate(on_token):
+        backend.llm.reset()  # no prompt reuse between runs: time the whole prompt every time
+        backend.generate(prompt_ids, sampling, on_token)
+
+    generate(lambda token: True)
+    return {**time_stream(generate), "prompt_tokens": len(prompt_ids)}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve_rows(model_name: str, backend: str, tokens: int, streams: int) -> dict:
+    import httpx
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "chattune.cli", "serve", model_name, "--port", str(port),
+                               "--backend", backend], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+
+        def one(index: int, out: list):
+            body = {"model": model_name, "temperature": 0, "max_tokens": tokens,
+                    "messages": [{"role": "user", "content": f"{PROMPT} (#{index})"}]}
+            response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=600)
+            out.append(response.json()["usage"]["completion_tokens"])
+
+        def aggregate(n: int) -> float:
+            counts: list[int] = []
+            threads = [threading.Thread(target=one, args=(i, counts)) for i in range(n)]
+            started = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            return sum(counts) / (time.perf_counter() - started)
+
+        aggregate(1)  # warm-up
+        single = aggregate(1)
+        many = aggregate(streams)
+        return {"one_stream_tokens_per_s": single, f"{streams}_streams_tokens_per_s": many, "ratio": many / single}
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="run folder or model")
+    parser.add_argument("--tokens", type=int, default=64, help="decoded tokens per stream")
+    parser.add_argument("--quant", default="q4_1", help="GGUF weights for the llama.cpp backend")
+    parser.add_argument("--streams", type=int, default=8)
+    args = parser.parse_args()
+    import torch
+
+    rows = {
+        "HF generate fp32": hf_row(args.model, torch.float32, args.tokens),
+        "HF generate bf16": hf_row(args.model, torch.bfloat16, args.tokens),
+        f"chattune llamacpp {args.quant}": llamacpp_row(args.model, args.quant, args.tokens),
+    }
+    print(f"{'one stream':28}{'prompt tok':>11}{'TTFT ms':>9}{'decode tok/s':>14}")
+    for name, row in rows.items():
+        print(f"{name:28}{row['prompt_tokens']:11}{row['ttft_ms']:9.0f}{row['decode_tokens_per_s']:14.1f}")
+    base = rows["HF generate fp32"]["decode_tokens_per_s"]
+    for name, row in rows.items():
+        print(f"  {name}: {row['decode_tokens_per_s'] / base:.2f}x HF fp32 decode")
+    serving = {backend: serve_rows(args.model, backend, args.tokens, args.streams) for backend in ("llamacpp",)}
+    for backend, row in serving.items():
+        print(f"chattune serve --backend {backend}: 1 stream {row['one_stream_tokens_per_s']:.1f} tok/s, "
+              f"{args.streams} streams {row[f'{args.streams}_streams_tokens_per_s']:.1f} tok/s aggregate "
+              f"({row['ratio']:.2f}x)")
+    write_result("generate_throughput", {"args": vars(args), "one_stream": rows, "serve": serving})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""RUN/report.html: one self-contained page (styles inline, figures as data URIs, no CDN) from the run's files.
+
+    chattune report runs/demo        # re-render from RUN/eval.json without recomputing anything
+    write_report(Path("runs/demo"))
+
+Sections: run summary (model, data, hyperparameters, wall time, tokens/s), loss curves, then for chat runs the
+base-vs-tuned metric table with deltas and bootstrap intervals and held-out examples; for classification runs
+accuracy/macro-F1 against the majority baseline, per-class precision/recall and the confusion matrix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from chattune.config import load_config
+from chattune.errors import InputError
+from chattune.evaluate import plots
+from chattune.files import atomic_write_text
+
+TEMPLATES = Path(__file__).parent / "templates"
+EXAMPLES_SHOWN = 10
+
+
+def write_report(run: Path) -> Path:
+    run = Path(run)
+    evaluation = _read_json(run / "eval.json", f"run `chattune eval {run}` first")
+    config = load_config(run / "config.yaml").to_dict()  # defaults filled in for runs older than a field
+    metrics = _read_json(run / "metrics.json", "did training finish?")
+    log_rows = _read_jsonl(run / "metrics.jsonl")
+    data_report = _read_json(run / "data_report.json", "did training finish?")
+    figures = {"loss": plots.loss_curves(log_rows, metrics["base"]["loss"] if "base" in metrics else None)}
+    if evaluation["task"] == "classify":
+        figures["accuracy"] = plots.eval_accuracy_curve(log_rows)
+        figures["confusion"] = plots.confusion_matrix(evaluation["confusion_matrix"], evaluation["labels"])
+    for row in evaluation.get("metrics", []):
+        row["verdict"] = verdict(row)
+    page = _environment().get_template("report.html.j2").render(
+        run=run.name, config=config, evaluation=evaluation, figures=figures,
+        summary=run_summary(config, metrics, log_rows, data_report), examples=evaluation["examples"][:EXAMPLES_SHOWN],
+    )
+    atomic_write_text(run / "report.html", page)
+    return run / "report.html"
+
+
+def run_summary(config: dict, metrics: dict, log_rows: list[dict], data_report: dict) -> list[tuple[str, str]]:
+    """(label, value) rows describing how the run was trained."""
+    unit = "texts" if config["task"] == "classify" else "conversations"
+    final = next((row for row in reversed(log_rows) if "train_runtime" in row), None)
+    rows = [
+        ("task", config["task"]),
+        ("model", f"{config['model']} ({config['method']}"
+                  + (f", LoRA r={config['lora']['r']} alpha={config['lora']['alpha']})" if config["method"] == "lora"
+                     else ")")),
+        ("data", f"{config['data']}: {data_report[f'train_{unit}']} train / {data_report[f'eval_{unit}']} eval {unit}"),
+        ("optimisation", f"lr {config['learning_rate']:g} ({config['lr_scheduler']}), batch {config['batch_size']}"
+                         f" x {config['gradient_accumulation']}, max_length {config['max_length']}, seed {config['seed']}"),
+        ("steps", f"{metrics['steps']}" + (f" ({final['epoch']:.2f} epochs)" if final else "")),
+        ("wall time", f"{metrics['train_seconds']:.0f} s from reading the data to the saved model"),
+    ]
+    if final:
+        tokens = data_report["train_tokens"]["total"] * final["epoch"]  # every token of the epochs trained
+        rows.append(("throughput", f"{tokens / final['train_runtime']:,.0f} tokens/s in the training loop "
+                                   f"({final['train_runtime']:.0f} s)"))
+    return rows
+
+
+def verdict(row: dict) -> str:
+    """'better' / 'worse' when the 95% interval of the change excludes 0, else 'within noise'."""
+    if "ci" not in row:
+        return ""
+    low, high = row["ci"]
+    if low <= 0 <= high:
+        return "within noise"
+    if not row["better"]:
+        return "higher" if low > 0 else "lower"
+    return "better" if (low > 0) == (row["better"] == "higher") else "worse"
+
+
+def number(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "–"
+    digits = 1 if abs(value) >= 100 else 2 if abs(value) >= 10 else 3 if abs(value) >= 0.01 or value == 0 else 4
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _environment() -> Environment:
+    environment = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
+    environment.filters["number"] = number
+    environment.filters["percent"] = lambda value: "–" if value is None else f"{value:+.1%}"
+    return environment
+
+
+def _read_json(path: Path, hint: str):
+    if not path.is_file():
+        raise InputError(f"{path}: missing; {hint}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def print_evaluation(evaluation: dict, console) -> None:
+    """The eval.json headline numbers as a terminal table."""
+    from rich.table import Table
+
+    if evaluation["task"] == "classify":
+        low, high = evaluation["accuracy_ci"]
+        console.print(f"held-out {evaluation['data']['examples']} texts: accuracy {evaluation['accuracy']:.3f} "
+                      f"[{low:.3f}, {high:.3f}] vs majority baseline {evaluation['baseline']['accuracy']:.3f}; "
+                      f"macro-F1 {evaluation['macro_f1']:.3f} vs {evaluation['baseline']['macro_f1']:.3f}")
+        return
+    compared = "ci" in evaluation["metrics"][0]
+    table = Table(title=f"held-out replies: {evaluation['data']['pairs']} conversations"
+                        + (", base vs tuned, paired bootstrap 95% intervals" if compared else ""))
+    columns = ("metric", "base", "tuned", "change", "95% interval", "") if compared else ("metric", "tuned")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("metric", "") else "right", no_wrap=column != "metric")
+    for row in evaluation["metrics"]:
+        if compared:
+            table.add_row(row["label"], number(row["base"]), number(row["tuned"]), number(row["delta"], True),
+                          f"[{number(row['ci'][0], True)}, {number(row['ci'][1], True)}]", verdict(row))
+        else:
+            table.add_row(row["label"], number(row["tuned"]))
+    console.print(table)

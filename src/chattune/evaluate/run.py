@@ -1,0 +1,204 @@
+"""`chattune eval RUN`: score a run's held-out conversations, base model vs tuned, and write eval.json + report.html.
+
+    result = evaluate_run("runs/demo", limit=32, compare_base=True)
+    result["metrics"][0]   # {"key": "loss", "base": 3.99, "tuned": 3.46, "delta": -0.53, "ci": [-0.61, -0.45], ...}
+
+Reads top to bottom: the run's config -> the same held-out conversations training used (or --data) -> for each
+model (base, then tuned): likelihood of the whole conversations with the training masks, one greedy reply per
+conversation, and that reply's overlap with the reference, relevance, toxicity and shape -> paired bootstrap
+intervals for every change -> RUN/eval.json (every number and reply) -> RUN/report.html. Classification runs
+(task: classify) are scored by chattune.train.classify instead.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from chattune.config import TrainConfig, load_config
+from chattune.data import load_conversations
+from chattune.data.chat import tokenize_conversations
+from chattune.data.collate import PadCollator
+from chattune.errors import InputError
+from chattune.evaluate import text_metrics
+from chattune.evaluate.bootstrap import CONFIDENCE, RESAMPLES, paired_bootstrap
+from chattune.evaluate.generation import Reply, ReplyPair, generate_replies, reply_pairs
+from chattune.evaluate.likelihood import conversation_likelihoods, summarize_likelihoods
+from chattune.evaluate.relevance import SentenceEncoder, cosine_similarities
+from chattune.evaluate.safety import TOXIC_THRESHOLD, toxicity
+from chattune.files import atomic_write_json
+from chattune.inference import Chatbot, Sampling
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    key: str
+    label: str
+    better: str  # "higher", "lower", or "" where neither is better (reply length)
+    aggregate: Callable[[list], float]  # per-example items -> the metric (a mean, or a corpus score)
+
+
+def _loss(rows: list[dict]) -> float:
+    return summarize_likelihoods(rows)["loss"]
+
+
+METRICS = (
+    MetricSpec("loss", "eval loss (reply tokens)", "lower", _loss),
+    MetricSpec("perplexity", "perplexity", "lower", lambda rows: math.exp(_loss(rows))),
+    MetricSpec("token_accuracy", "token accuracy", "higher", lambda rows: summarize_likelihoods(rows)["token_accuracy"]),
+    MetricSpec("bleu", "BLEU", "higher", text_metrics.bleu_from_stats),
+    MetricSpec("chrf", "chrF", "higher", text_metrics.chrf_from_stats),
+    MetricSpec("rouge1", "ROUGE-1 F1", "higher", statistics.fmean),
+    MetricSpec("rouge2", "ROUGE-2 F1", "higher", statistics.fmean),
+    MetricSpec("rougeL", "ROUGE-L F1", "higher", statistics.fmean),
+    MetricSpec("relevance_reference", "relevance to reference (cosine)", "higher", statistics.fmean),
+    MetricSpec("relevance_context", "relevance to user's message (cosine)", "higher", statistics.fmean),
+    MetricSpec("toxicity", "toxicity (mean probability)", "lower", statistics.fmean),
+    MetricSpec("toxic_rate", f"toxic replies (p > {TOXIC_THRESHOLD})", "lower", statistics.fmean),
+    MetricSpec("ended", "replies that end before the token limit", "higher", statistics.fmean),
+    MetricSpec("reply_words", "reply length (words)", "", statistics.fmean),
+    MetricSpec("distinct_1", "distinct-1", "higher", lambda lists: text_metrics.distinct_n(lists, 1)),
+    MetricSpec("distinct_2", "distinct-2", "higher", lambda lists: text_metrics.distinct_n(lists, 2)),
+)
+
+
+def evaluate_run(run: str | Path, *, data: str | None = None, split: str = "eval", limit: int | None = None,
+                 compare_base: bool = False, max_new_tokens: int | None = None, batch_size: int = 8,
+                 console: Console | None = None) -> dict:
+    """Score the run, write RUN/eval.json and RUN/report.html, and return what eval.json holds."""
+    from chattune.evaluate.report import write_report
+
+    console = console or Console(stderr=True)
+    started = time.time()
+    run = Path(run)
+    cfg = load_run_config(run)
+    if cfg.task == "classify":
+        from chattune.train.classify import evaluate_classifier
+
+        return evaluate_classifier(run, data=data, split=split, limit=limit, console=console)
+    conversations = eval_conversations(cfg, data, split)[:limit]
+    pairs = reply_pairs(conversations, cfg.seed)
+    sampling = Sampling(temperature=0, max_new_tokens=max_new_tokens or cfg.eval_max_new_tokens, seed=cfg.seed)
+    console.print(f"eval: {len(conversations)} held-out conversations from {data or cfg.data} ({split} split), "
+                  f"greedy replies of up to {sampling.max_new_tokens} tokens")
+    encoder = SentenceEncoder.load()
+    scored = {}
+    for name in ("base", "tuned") if compare_base else ("tuned",):
+        chatbot = _load_system(run, cfg, name)
+        scored[name] = _score_system(chatbot, cfg, conversations, pairs, sampling, encoder, batch_size, console, name)
+        del chatbot  # one model in memory at a time
+    result = {
+        "task": "chat",
+        "run": str(run),
+        "models": {"base": cfg.model, "tuned": str(run)},
+        "data": {"source": data or cfg.data, "split": split, "conversations": len(conversations),
+                 "pairs": len(pairs)},
+        "sampling": {"temperature": 0, "max_new_tokens": sampling.max_new_tokens, "seed": cfg.seed},
+        "bootstrap": {"resamples": RESAMPLES, "confidence": CONFIDENCE, "unit": "conversation"},
+        "metrics": _metric_table(scored, cfg.seed),
+        "examples": _examples(pairs, scored),
+        "seconds": round(time.time() - started, 1),
+    }
+    atomic_write_json(run / "eval.json", result)
+    write_report(run)
+    return result
+
+
+def load_run_config(run: Path) -> TrainConfig:
+    if not (run / "config.yaml").is_file():
+        raise InputError(f"{run}: not a chattune run folder (no config.yaml); give the folder `chattune train` wrote")
+    return load_config(run / "config.yaml")
+
+
+def eval_conversations(cfg: TrainConfig, data: str | None, split: str) -> list:
+    """The conversations to score: `data` when given, else the run's own split, exactly as training made it."""
+    from chattune.train.sft import load_split
+
+    if split not in ("eval", "train"):
+        raise InputError(f"--split {split!r}: use 'eval' (held-out conversations) or 'train'")
+    if data is not None:
+        options = dict(prompt_column=cfg.prompt_column, response_column=cfg.response_column,
+                       first_speaker=cfg.first_speaker)
+        return _with_system(cfg.system_prompt, load_conversations(data, **options)[0])
+    train_set, eval_set, _ = load_split(cfg)  # the same read, cleaning, seeded split and eval_limit as training
+    return eval_set if split == "eval" else train_set
+
+
+def _with_system(prompt: str | None, conversations: list) -> list:
+    if not prompt:
+        return conversations
+    return [c if c[0]["role"] == "system" else [{"role": "system", "content": prompt}, *c] for c in conversations]
+
+
+def _load_system(run: Path, cfg: TrainConfig, name: str) -> Chatbot:
+    from chattune.inference import load_chatbot
+    from chattune.models import load_model
+
+    if name == "tuned":
+        return load_chatbot(str(run))
+    model, tokenizer = load_model(cfg.model)
+    return Chatbot(model, tokenizer, cfg.system_prompt)
+
+
+def _score_system(chatbot: Chatbot, cfg: TrainConfig, conversations, pairs: list[ReplyPair], sampling: Sampling,
+                  encoder: SentenceEncoder, batch_size: int, console: Console, name: str) -> dict:
+    """Per-example items of every metric in METRICS, plus the replies themselves."""
+    examples, _ = tokenize_conversations(chatbot.tokenizer, conversations, cfg.max_length, cfg.loss_on)
+    if not examples:
+        raise InputError(f"eval data: no conversation has a reply within max_length={cfg.max_length} tokens")
+    likelihoods = conversation_likelihoods(chatbot.model, examples, PadCollator(chatbot.tokenizer.pad_token_id),
+                                           cfg.eval_batch_size)
+    replies = generate_replies(chatbot, pairs, sampling, batch_size=batch_size, label=f"eval {name}", console=console)
+    texts, references = [reply.text for reply in replies], [pair.reference for pair in pairs]
+    toxic = toxicity(texts)
+    rouge = text_metrics.rouge_f1(texts, references)
+    word_lists = [text_metrics.words(text) for text in texts]
+    items = {
+        "loss": likelihoods, "perplexity": likelihoods, "token_accuracy": likelihoods,
+        "bleu": text_metrics.bleu_stats(texts, references), "chrf": text_metrics.chrf_stats(texts, references),
+        **rouge,
+        "relevance_reference": cosine_similarities(encoder, texts, references),
+        "relevance_context": cosine_similarities(encoder, texts, [pair.context[-1]["content"] for pair in pairs]),
+        "toxicity": toxic, "toxic_rate": [float(p > TOXIC_THRESHOLD) for p in toxic],
+        "ended": [float(reply.ended) for reply in replies], "reply_words": [float(len(w)) for w in word_lists],
+        "distinct_1": word_lists, "distinct_2": word_lists,
+    }
+    summary = {spec.key: spec.aggregate(items[spec.key]) for spec in METRICS}
+    console.print(f"eval {name}: loss {summary['loss']:.4f}  BLEU {summary['bleu']:.2f}  "
+                  f"ROUGE-L {summary['rougeL']:.3f}  relevance {summary['relevance_reference']:.3f}")
+    return {"items": items, "replies": replies}
+
+
+def _metric_table(scored: dict, seed: int) -> list[dict]:
+    rows = []
+    for spec in METRICS:
+        row = {"key": spec.key, "label": spec.label, "better": spec.better}
+        for name, system in scored.items():
+            row[name] = spec.aggregate(system["items"][spec.key])
+        if "base" in scored:
+            base_items, tuned_items = scored["base"]["items"][spec.key], scored["tuned"]["items"][spec.key]
+            row["delta"] = row["tuned"] - row["base"]
+            row["relative"] = row["delta"] / abs(row["base"]) if row["base"] else None
+            row["ci"] = list(paired_bootstrap(base_items, tuned_items, spec.aggregate, seed=seed))
+        rows.append(row)
+    return rows
+
+
+def _examples(pairs: list[ReplyPair], scored: dict) -> list[dict]:
+    examples = []
+    for index, pair in enumerate(pairs):
+        example = {"context": pair.context, "reference": pair.reference}
+        for name, system in scored.items():
+            reply: Reply = system["replies"][index]
+            items = system["items"]
+            example[name] = {"reply": reply.text, "ended": reply.ended, "toxicity": items["toxicity"][index],
+                             "relevance_reference": items["relevance_reference"][index],
+                             "rougeL": items["rougeL"][index]}
+        examples.append(example)
+    return examples

@@ -1,0 +1,2 @@
+"""`chattune serve`: an OpenAI-compatible API (app.py, schemas.py), a decode engine (engine.py), a SQLite
+conversation and feedback store (store.py) and the web chat page (static/)."""

@@ -1,0 +1,303 @@
+"""Serve a run (or any model) over the OpenAI chat completions API, with a streaming web chat page and a feedback
+store.
+
+    chattune serve runs/demo                  # http://127.0.0.1:8000/ (page), /v1/chat/completions, /v1/models
+    chattune serve runs/demo --api-key KEY    # /v1/* and /api/* then need "Authorization: Bearer KEY"
+
+    client = openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY")
+    client.chat.completions.create(model="runs/demo", messages=[{"role": "user", "content": "hi!"}], stream=True)
+
+Routes only translate between HTTP and the engine (engine.py) and store (store.py); errors leave in OpenAI's shape,
+`{"error": {"message", "type", "param", "code"}}`, never with a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+
+from chattune.errors import InputError
+from chattune.inference import Sampling
+from chattune.serve.engine import Engine, EngineBusy, Finished, Job
+from chattune.serve.schemas import (
+    MAX_BODY_BYTES,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    ErrorBody,
+    ErrorResponse,
+    FeedbackRequest,
+    FeedbackResponse,
+    ModelCard,
+    ModelList,
+    ReplyMessage,
+    Usage,
+)
+from chattune.serve.store import Store, StoredReply
+
+STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("chattune.serve")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code = status, message, type, code
+
+
+def _error(status: int, message: str, type: str, param: str | None = None, code: str | None = None,
+           headers: dict | None = None) -> JSONResponse:
+    body = ErrorResponse(error=ErrorBody(message=message, type=type, param=param, code=code))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+# --- dependencies -------------------------------------------------------------------------------------------------
+
+def get_engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def get_store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def require_api_key(request: Request) -> None:
+    key = request.app.state.api_key
+    if key is None:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), key.encode()):
+        raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY' with the key "
+                            "the server was started with", "authentication_error", "invalid_api_key")
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+StoreDep = Annotated[Store, Depends(get_store)]
+
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+api = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)])
+
+
+# --- routes -------------------------------------------------------------------------------------------------------
+
+@v1.get("/models")
+def list_models(request: Request) -> ModelList:
+    return ModelList(data=[ModelCard(id=request.app.state.model_id, created=request.app.state.started)])
+
+
+@v1.post("/chat/completions", response_model=None)
+async def chat_completions(body: ChatRequest, request: Request, engine: EngineDep,
+                           store: StoreDep) -> ChatCompletion | StreamingResponse | Response:
+    model_id = request.app.state.model_id
+    if body.model not in (None, model_id):
+        raise ApiError(404, f"model {body.model!r} is not served here; this server serves {model_id!r}",
+                       "not_found_error", "model_not_found")
+    sampling = Sampling(temperature=body.temperature, top_p=body.top_p, max_new_tokens=body.reply_tokens,
+                        seed=body.seed)
+    reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    messages = [m.model_dump() for m in body.messages]
+    conversation_id = (body.metadata or {}).get("conversation_id") or reply_id
+
+    def record(finished: Finished) -> None:  # runs in the decode worker, before the client sees the end
+        store.add_reply(StoredReply(
+            id=reply_id, conversation_id=conversation_id, model=model_id, messages=messages, content=finished.text,
+            finish_reason=finished.finish_reason, temperature=sampling.temperature, top_p=sampling.top_p,
+            max_tokens=sampling.max_new_tokens, seed=sampling.seed, prompt_tokens=finished.prompt_tokens,
+            completion_tokens=finished.completion_tokens))
+
+    job = engine.submit(messages, sampling, body.stop, on_finish=record)
+    if body.stream:
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        return StreamingResponse(_sse(job, request, reply_id, created, model_id, include_usage),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    watcher = asyncio.create_task(_cancel_when_disconnected(request, job))
+    try:
+        finished = await job.result()
+    finally:
+        watcher.cancel()
+    if finished.finish_reason == "cancelled":
+        return Response(status_code=499)  # nginx's "client closed request": nobody is left to read it
+    return ChatCompletion(id=reply_id, created=created, model=model_id, usage=_usage(finished),
+                          choices=[Choice(message=ReplyMessage(content=finished.text),
+                                          finish_reason=finished.finish_reason)])
+
+
+@api.post("/feedback")
+def feedback(body: FeedbackRequest, store: StoreDep) -> FeedbackResponse:
+    changes = {field: getattr(body, field) for field in body.model_fields_set - {"reply_id"}}
+    if changes.get("rating") == 0:
+        changes["rating"] = None
+    row = store.set_feedback(body.reply_id, changes)
+    if row is None:
+        raise ApiError(404, f"no reply with id {body.reply_id!r}", "not_found_error", "reply_not_found")
+    return FeedbackResponse(**row)
+
+
+async def _sse(job: Job, request: Request, reply_id: str, created: int, model_id: str,
+               include_usage: bool) -> AsyncIterator[str]:
+    """Server-Sent Events: a role chunk, one chunk per piece of text, a chunk with the finish reason, [DONE]."""
+
+    def chunk(delta: Delta, finish_reason: str | None = None, usage: Usage | None = None) -> str:
+        choices = [] if usage else [ChunkChoice(delta=delta, finish_reason=finish_reason)]
+        event = ChatCompletionChunk(id=reply_id, created=created, model=model_id, choices=choices, usage=usage)
+        return f"data: {event.model_dump_json()}\n\n"
+
+    watcher = asyncio.create_task(_cancel_when_disconnected(request, job))
+    try:
+        yield chunk(Delta(role="assistant", content=""))
+        async for piece in job.pieces():
+            yield chunk(Delta(content=piece))
+        if job.finished.finish_reason == "cancelled":  # the client is gone
+            return
+        yield chunk(Delta(), job.finished.finish_reason)
+        if include_usage:
+            yield chunk(Delta(), usage=_usage(job.finished))
+        yield "data: [DONE]\n\n"
+    except Exception:  # headers are sent: the error can only travel as an event
+        log.exception("streamed generation failed")
+        error = ErrorResponse(error=ErrorBody(message="generation failed; see the server log", type="server_error"))
+        yield f"data: {error.model_dump_json()}\n\n"
+    finally:
+        watcher.cancel()
+        job.cancel()  # no-op once finished; stops the generation when the client went away mid-reply
+
+
+async def _cancel_when_disconnected(request: Request, job: Job) -> None:
+    """Cancel the job when the client disconnects (closed tab, stop button, timeout), even while it waits."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    job.cancel()
+
+
+def _usage(finished: Finished) -> Usage:
+    return Usage(prompt_tokens=finished.prompt_tokens, completion_tokens=finished.completion_tokens,
+                 total_tokens=finished.prompt_tokens + finished.completion_tokens)
+
+
+# --- errors and limits --------------------------------------------------------------------------------------------
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+        return _error(error.status, error.message, error.type, code=error.code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = error.errors()
+        if problems and problems[0]["type"] == "json_invalid":
+            reason = problems[0].get("ctx", {}).get("error", "")
+            return _error(400, f"the body is not valid JSON: {reason} (character {problems[0]['loc'][-1]})",
+                          "invalid_request_error")
+        where = ".".join(str(part) for part in problems[0]["loc"] if part != "body") if problems else None
+        message = "; ".join(f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
+                            for e in problems[:3])
+        return _error(400, message, "invalid_request_error", param=where or None)
+
+    @app.exception_handler(InputError)
+    async def input_error(request: Request, error: InputError) -> JSONResponse:
+        return _error(400, str(error), "invalid_request_error")
+
+    @app.exception_handler(EngineBusy)
+    async def busy(request: Request, error: EngineBusy) -> JSONResponse:
+        return _error(503, str(error), "server_busy", headers={"Retry-After": "5"})
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+        return _error(error.status_code, str(error.detail), kind, headers=error.headers)
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, error: Exception) -> JSONResponse:
+        log.error("request failed", exc_info=error)
+        return _error(500, "internal server error; see the server log", "server_error")
+
+
+class BodyLimit:
+    """Refuse request bodies over `max_bytes` (413) before they are read; bodies must declare their length."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
+            headers = dict(scope["headers"])
+            length = headers.get(b"content-length", b"")
+            if not length.isdigit():
+                status, message = 411, "send the request body with a Content-Length header"
+            elif int(length) > self.max_bytes:
+                status, message = 413, f"request body is {int(length)} bytes; at most {self.max_bytes} are accepted"
+            else:
+                return await self.app(scope, receive, send)
+            return await _error(status, message, "invalid_request_error", code="request_too_large")(
+                scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+# --- the app ------------------------------------------------------------------------------------------------------
+
+def create_app(engine: Engine, store: Store, model_id: str, api_key: str | None = None) -> FastAPI:
+    app = FastAPI(title="chattune", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine, app.state.store, app.state.model_id, app.state.api_key = engine, store, model_id, api_key
+    app.state.started = int(time.time())
+    app.include_router(v1)
+    app.include_router(api)
+    _install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "model": model_id}
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise InputError(f"cannot listen on {host}:{port} ({error.strerror}); pick another with --port") from None
+
+
+def serve(run: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          db: str = "feedback.sqlite", backend: str = "hf", quant: str = "q4_1") -> None:
+    """Load `run`, then serve it until Ctrl-C."""
+    import uvicorn
+
+    from chattune.decode import load_backend
+
+    check_port_free(host, port)
+    model_id = run.rstrip("/")
+    store = Store(db)
+    engine = Engine(load_backend(run, backend, quant))
+    app = create_app(engine, store, model_id, api_key)
+    print(f"serving {model_id}\n  chat page: http://{host}:{port}/\n  API:       http://{host}:{port}/v1 "
+          f"(OpenAI chat completions)\n  feedback:  {db}  (chattune feedback stats --db {db})", flush=True)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        engine.close()
+        store.close()

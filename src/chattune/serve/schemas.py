@@ -1,0 +1,167 @@
+"""The OpenAI chat completions wire format (the subset chattune serves), the feedback API, and the request limits.
+
+Requests are validated here, at the edge: unknown roles, empty or oversized conversations, `max_tokens` above the
+cap and wrong types are refused with a 400 naming the field; the rest of the server trusts what it gets.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_serializer, model_validator
+
+MAX_MESSAGES = 100  # turns per request; a longer chat no longer fits a small model's context anyway
+MAX_MESSAGE_CHARS = 16_000  # characters per message (~4k tokens of English)
+MAX_TOTAL_CHARS = 32_000  # characters per conversation (~8k tokens: SmolLM2's whole context)
+MAX_BODY_BYTES = 256 * 1024  # request body; room for MAX_TOTAL_CHARS even as escaped JSON, refused with 413 above
+MAX_TOKENS_CAP = 1024  # longest reply a request may ask for (~1 min of a 135M model on 2 CPU cores)
+DEFAULT_MAX_TOKENS = 256  # reply length when the request gives none
+MAX_STOP_STRINGS = 4  # as OpenAI
+MAX_STOP_CHARS = 64  # per stop string
+
+
+StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=MAX_MESSAGE_CHARS)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False  # send a last chunk with token counts (and no choices) before [DONE]
+
+
+class ChatRequest(BaseModel):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    model: str | None = None  # must name the served model when given (GET /v1/models)
+    temperature: float = Field(0.7, ge=0, le=2)  # chattune's default (as `chattune chat`); 0 is greedy
+    top_p: float = Field(0.9, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CAP)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CAP)  # the newer name of max_tokens
+    stop: list[StopString] = Field(default_factory=list, max_length=MAX_STOP_STRINGS)  # a string or a list
+    seed: int | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    metadata: dict[str, str] | None = Field(None, max_length=16)  # the web page sends {"conversation_id": ...}
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int) -> int:
+        if n != 1:
+            raise ValueError("only n=1 is supported; send several requests for several replies")
+        return n
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, stop: object) -> object:
+        return [stop] if isinstance(stop, str) else [] if stop is None else stop
+
+    @field_validator("metadata")
+    @classmethod
+    def _short_metadata(cls, metadata: dict[str, str] | None) -> dict[str, str] | None:
+        if metadata and any(len(k) > 64 or len(v) > 512 for k, v in metadata.items()):
+            raise ValueError("metadata keys are at most 64 characters and values at most 512")
+        return metadata
+
+    @model_validator(mode="after")
+    def _conversation_fits(self) -> ChatRequest:
+        total = sum(len(m.content) for m in self.messages)
+        if total > MAX_TOTAL_CHARS:
+            raise ValueError(f"the messages hold {total} characters; at most {MAX_TOTAL_CHARS} are accepted")
+        return self
+
+    @property
+    def reply_tokens(self) -> int:
+        return self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_TOKENS
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ReplyMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: ReplyMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+    @model_serializer
+    def _fields_present(self) -> dict:
+        # OpenAI sends only what a chunk carries: {"role", "content": ""} first, then {"content"}, and {} last
+        return {key: value for key, value in (("role", self.role), ("content", self.content)) if value is not None}
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "chattune"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str  # invalid_request_error, authentication_error, not_found_error, server_error, ...
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class FeedbackRequest(BaseModel):
+    """Sent by the web page; only the fields present are changed."""
+
+    reply_id: str = Field(max_length=64)  # the completion id (chatcmpl-...)
+    rating: Literal[-1, 0, 1] | None = None  # thumbs down, clear, thumbs up
+    edited: str | None = Field(None, max_length=MAX_MESSAGE_CHARS)  # the reply the user wanted; null clears it
+
+
+class FeedbackResponse(BaseModel):
+    reply_id: str
+    rating: Literal[-1, 1] | None
+    edited: str | None

@@ -1,0 +1,107 @@
+"""Shared by the serve tests: a tiny chat run that learned three replies, and servers on free local ports."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# What the chat run learned. The story never ends: a 2-layer model cannot count 40 "la"s, so it rambles until
+# max_tokens, which gives the tests a generation long enough to interrupt.
+LEARNED = {
+    "hello how are you": "i am fine thanks and you",
+    "what is your favourite food": "i like pizza and pasta a lot",
+    "tell me a story": "la " * 40,
+}
+
+
+def chat_run(tmp_path_factory, base_model: str) -> Path:
+    """A run folder (config.yaml + model/) of the tiny Llama fine-tuned on LEARNED for 40 full steps (~3 s on 2
+    cores, built once per test session): its greedy replies are exact and end at the end-of-turn token."""
+    run = tmp_path_factory.getbasetemp() / "serve-chat-run"
+    if (run / "config.yaml").is_file():
+        return run
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from chattune.data.chat import IGNORE_INDEX, end_of_turn_token, tokenize_conversation
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    model = AutoModelForCausalLM.from_pretrained(base_model)
+    examples = [tokenize_conversation(tokenizer, [{"role": "user", "content": prompt},
+                                                  {"role": "assistant", "content": reply}],
+                                      end_of_turn_token(tokenizer), max_length=128)
+                for prompt, reply in LEARNED.items()]
+    width = max(len(example["input_ids"]) for example in examples)
+    pad = [width - len(example["input_ids"]) for example in examples]
+    input_ids = torch.tensor([e["input_ids"] + [tokenizer.pad_token_id] * p for e, p in zip(examples, pad)])
+    labels = torch.tensor([e["labels"] + [IGNORE_INDEX] * p for e, p in zip(examples, pad)])
+    attention_mask = torch.tensor([[1] * (width - p) + [0] * p for p in pad])
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    with one_torch_thread():
+        for _ in range(40):
+            model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    model.save_pretrained(run / "model")
+    tokenizer.save_pretrained(run / "model")
+    (run / "config.yaml").write_text(f"model: {base_model}\n")  # written last: its presence means the run is whole
+    return run
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """A 64-wide model gains nothing from a second thread, and on a busy 2-core machine the threads' hand-offs cost
+    ~25 ms per decoded token instead of ~1 ms."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def thread_server(app) -> Iterator[str]:
+    """Run the ASGI app with uvicorn in a thread; yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
+    """A raw request (for what the openai client will not send); returns (status, JSON body)."""
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())

@@ -1,0 +1,85 @@
+"""The speed tricks compute the same thing as the plain path: packing (with position ids and no cross-conversation
+attention) and the target-only LM head give the model's own loss and gradients."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from chattune.data.chat import IGNORE_INDEX, tokenize_conversations
+from chattune.data.collate import PadCollator
+from chattune.models import load_tokenizer
+from chattune.train.fast import PackedCollator, pack_examples, target_only_loss
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "hello how are you"}, {"role": "assistant", "content": "i am fine thanks"}],
+    [{"role": "user", "content": "what is your favourite food"}, {"role": "assistant", "content": "pizza"},
+     {"role": "user", "content": "do you have any pets"}, {"role": "assistant", "content": "a dog called max"}],
+    [{"role": "user", "content": "the weather is nice"}, {"role": "assistant", "content": "yes it is today"}],
+    [{"role": "user", "content": "good night"}, {"role": "assistant", "content": "good night"}],
+]
+
+
+def test_pack_keeps_every_token_and_respects_max_length():
+    examples = [{"input_ids": list(range(n)), "labels": list(range(n))} for n in (5, 3, 7, 2, 4)]
+    rows = pack_examples(examples, max_length=8)
+    assert all(len(row["input_ids"]) <= 8 for row in rows)
+    assert sorted(sum(len(r["input_ids"]) for r in rows) for _ in [0]) == [21]
+    assert len(rows) == 3  # 7 | 5+3 | 4+2: first-fit decreasing
+    for row in rows:
+        starts = [i for i, p in enumerate(row["position_ids"]) if p == 0]
+        assert all(row["labels"][i] == IGNORE_INDEX for i in starts)
+
+
+def grads_and_loss(model, compute):
+    model.zero_grad()
+    loss = compute()
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_packed_target_only_loss_equals_plain_padded_loss(request, fixture):
+    folder = request.getfixturevalue(fixture)
+    tokenizer = load_tokenizer(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa")
+    examples, _ = tokenize_conversations(tokenizer, CONVERSATIONS, max_length=128)
+    padded = PadCollator(tokenizer.pad_token_id)(examples)
+    packed_rows = pack_examples(examples, max_length=64)
+    assert len(packed_rows) < len(examples)  # several conversations share a row
+    packed = PackedCollator(tokenizer.pad_token_id)(packed_rows)
+
+    plain_loss, plain_grads = grads_and_loss(model, lambda: model(**padded).loss)
+    head_loss, head_grads = grads_and_loss(model, lambda: target_only_loss(model, padded))
+    packed_loss, packed_grads = grads_and_loss(model, lambda: target_only_loss(model, packed))
+
+    assert head_loss == pytest.approx(plain_loss.item(), rel=1e-5)
+    assert packed_loss == pytest.approx(plain_loss.item(), rel=1e-5)
+    for name, grad in plain_grads.items():
+        assert torch.allclose(head_grads[name], grad, atol=1e-6), name
+        assert torch.allclose(packed_grads[name], grad, atol=1e-5), name
+
+
+def test_packing_blocks_attention_across_conversations(tiny_llama):
+    """A conversation's logits do not change when another conversation is packed before it."""
+    tokenizer = load_tokenizer(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    examples, _ = tokenize_conversations(tokenizer, CONVERSATIONS[:2], max_length=128)
+    first, second = examples
+    alone = model(input_ids=torch.tensor([second["input_ids"]])).logits
+    ids = first["input_ids"] + second["input_ids"]
+    positions = list(range(len(first["input_ids"]))) + list(range(len(second["input_ids"])))
+    # use_cache=False as in training: with a KV cache, transformers does not derive the packed mask
+    packed = model(input_ids=torch.tensor([ids]), position_ids=torch.tensor([positions]), use_cache=False).logits
+    assert torch.allclose(packed[0, len(first["input_ids"]):], alone[0], atol=1e-5)
+
+
+def test_gradient_accumulation_normalises_once(tiny_llama):
+    tokenizer = load_tokenizer(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    examples, _ = tokenize_conversations(tokenizer, CONVERSATIONS, max_length=128)
+    collate = PadCollator(tokenizer.pad_token_id)
+    whole = target_only_loss(model, collate(examples))
+    halves = [collate(examples[:2]), collate(examples[2:])]
+    count = sum(int((half["labels"][:, 1:] != IGNORE_INDEX).sum()) for half in halves)
+    accumulated = sum(target_only_loss(model, half, count) for half in halves)
+    assert accumulated.item() == pytest.approx(whole.item(), rel=1e-5)
