@@ -95,11 +95,7 @@ def run_chattune(args, method: str) -> dict:
     with tempfile.TemporaryDirectory() as run:
         trainer = sft.make_trainer(cfg, Path(run), model, tokenizer, train_examples, eval_examples, bf16,
                                    Console(quiet=True))
-        meter = Meter(trainer.data_collator)
-        trainer.data_collator = meter
-        trainer.add_callback(timing_callback(meter))
-        trainer.train()
-    result = summarise(meter, args.warmup)
+        result = measured_training(trainer, args.warmup)
     result["eval_loss"] = held_out_loss(trainer.model, tokenizer, eval_set, cfg.max_length)
     result["settings"] = f"packing={cfg.packing}, precision={'bf16' if bf16 else 'fp32'}, target-only LM head"
     return result
@@ -129,15 +125,20 @@ def run_trl(args, method: str) -> dict:
         dataset = Dataset.from_list([{"messages": conversation} for conversation in train_set])
         trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=peft_config)
-        meter = Meter(trainer.data_collator)
-        trainer.data_collator = meter
-        trainer.add_callback(timing_callback(meter))
-        trainer.train()
-    result = summarise(meter, args.warmup)
+        result = measured_training(trainer, args.warmup)
     result["eval_loss"] = held_out_loss(trainer.model, tokenizer, eval_set, cfg.max_length)
     result["settings"] = (f"SFTConfig defaults: bf16={config.bf16}, gradient_checkpointing="
                           f"{config.gradient_checkpointing}, packing={config.packing}")
     return result
+
+
+def measured_training(trainer, warmup: int) -> dict:
+    """Train with every batch counted and every step timed; the throughput after `warmup` steps."""
+    meter = Meter(trainer.data_collator)
+    trainer.data_collator = meter
+    trainer.add_callback(timing_callback(meter))
+    trainer.train()
+    return summarise(meter, warmup)
 
 
 def summarise(meter: Meter, warmup: int) -> dict:

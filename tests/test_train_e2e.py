@@ -103,3 +103,14 @@ def test_resume_without_checkpoint_is_an_input_error(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     assert main(["train", "--output", str(tmp_path / "run"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_run_outputs_have_the_usual_permissions(tmp_path, chat_jsonl, tiny_llama):
+    import os
+    import stat
+
+    run = run_train(tmp_path, tiny_llama, chat_jsonl, "--set", "max_steps=2")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((run / "adapter").stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((run / "metrics.json").stat().st_mode) == 0o666 & ~umask

@@ -12,11 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def _share(tmp: str | Path) -> None:
-    """mkstemp creates files readable by the owner only; outputs get the usual umask-based mode."""
+def _share(tmp: str | Path, folder: bool = False) -> None:
+    """mkstemp/mkdtemp create owner-only files and folders; outputs get the usual umask-based mode."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(tmp, (0o777 if folder else 0o666) & ~umask)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -45,6 +45,7 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
+        _share(tmp, folder=True)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
