@@ -83,3 +83,36 @@ def test_gradient_accumulation_normalises_once(tiny_llama):
     count = sum(int((half["labels"][:, 1:] != IGNORE_INDEX).sum()) for half in halves)
     accumulated = sum(target_only_loss(model, half, count) for half in halves)
     assert accumulated.item() == pytest.approx(whole.item(), rel=1e-5)
+
+
+def test_plain_trainer_path_trains_without_kv_cache(tiny_llama, monkeypatch, tmp_path, chat_jsonl):
+    """Architectures without the target-only head train through the model's own forward: packed rows get their
+    block-causal mask only without a KV cache, so training runs with use_cache off and the saved model has it on."""
+    import json
+
+    from transformers import TrainerCallback
+
+    from chattune.cli import main
+    from chattune.train import sft
+
+    monkeypatch.setattr(sft, "supports_target_only_loss", lambda model: False)
+    use_cache_in_steps, trainer_classes = [], []
+
+    class Record(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            use_cache_in_steps.append(model.config.use_cache)
+
+    original = sft.make_trainer
+
+    def recording_make_trainer(*args, **kwargs):
+        trainer = original(*args, **kwargs)
+        trainer.add_callback(Record())
+        trainer_classes.append(type(trainer).__name__)
+        return trainer
+
+    monkeypatch.setattr(sft, "make_trainer", recording_make_trainer)
+    run = tmp_path / "run"
+    assert main(["train", "--data", chat_jsonl, "--model", tiny_llama, "--output", str(run), "--set", "max_steps=2",
+                 "--set", "method=full", "--set", "precision=fp32", "--set", "eval_replies=0"]) == 0
+    assert trainer_classes == ["Trainer"] and use_cache_in_steps == [False, False]
+    assert json.loads((run / "model" / "config.json").read_text())["use_cache"] is True

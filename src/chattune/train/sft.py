@@ -59,8 +59,12 @@ def train(cfg: TrainConfig, run: Path, *, resume: bool = False, overwrite: bool 
     if cfg.method == "lora":
         model = add_lora(model, cfg)
     trainer = make_trainer(cfg, run, model, tokenizer, train_examples, eval_examples, bf16, console)
+    # Without a KV cache transformers derives the block-causal mask of packed rows from their position ids (the
+    # target-only loss asks for that itself; a model's own forward, used for other architectures, needs this).
+    model.config.use_cache = False
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     model = trainer.model  # the best checkpoint, restored by load_best_model_at_end
+    model.config.use_cache = True
 
     tuned_scores = likelihood(model, eval_examples, collator, cfg.eval_batch_size)
     _save_model(cfg, run, model, tokenizer, merge)
