@@ -38,7 +38,7 @@ def shared_config(args, method: str):
         f"max_steps={args.steps + args.warmup}", "eval_steps=100000", "early_stopping_patience=0",
         "eval_replies=0", "logging_steps=1000", f"lora.r={args.lora_r}", f"lora.alpha={2 * args.lora_r}",
         "lora.dropout=0.0", "lora.target_modules=all-linear",
-        f"learning_rate={2e-4 if method == 'lora' else 2e-5}",
+        f"learning_rate={2e-4 if method == 'lora' else 2e-5}", f"compile={str(args.compile).lower()}",
     ])
 
 
@@ -97,7 +97,8 @@ def run_chattune(args, method: str) -> dict:
                                    Console(quiet=True))
         result = measured_training(trainer, args.warmup)
     result["eval_loss"] = held_out_loss(trainer.model, tokenizer, eval_set, cfg.max_length)
-    result["settings"] = f"packing={cfg.packing}, precision={'bf16' if bf16 else 'fp32'}, target-only LM head"
+    result["settings"] = (f"packing={cfg.packing}, precision={'bf16' if bf16 else 'fp32'}, target-only LM head, "
+                          f"compile={cfg.compile}")
     return result
 
 
@@ -181,6 +182,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing starts")
     parser.add_argument("--skip-full", action="store_true", help="LoRA rows only")
+    parser.add_argument("--compile", action="store_true", help="chattune with compile=true (warm-up must cover it)")
     args = parser.parse_args()
 
     from chattune.models import resolve_model

@@ -116,3 +116,19 @@ def test_plain_trainer_path_trains_without_kv_cache(tiny_llama, monkeypatch, tmp
                  "--set", "method=full", "--set", "precision=fp32", "--set", "eval_replies=0"]) == 0
     assert trainer_classes == ["Trainer"] and use_cache_in_steps == [False, False]
     assert json.loads((run / "model" / "config.json").read_text())["use_cache"] is True
+
+
+def test_compiled_decoder_layers_compute_the_same_loss(tiny_llama):
+    from chattune.train.fast import compile_decoder_layers
+
+    tokenizer = load_tokenizer(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    examples, _ = tokenize_conversations(tokenizer, CONVERSATIONS, max_length=128)
+    batch = PackedCollator(tokenizer.pad_token_id, width=64)(pack_examples(examples, max_length=64))
+    assert batch["input_ids"].shape[1] == 64  # fixed width for compiled code
+    eager_loss, eager_grads = grads_and_loss(model, lambda: target_only_loss(model, batch))
+    compile_decoder_layers(model)
+    compiled_loss, compiled_grads = grads_and_loss(model, lambda: target_only_loss(model, batch))
+    assert compiled_loss == pytest.approx(eager_loss.item(), rel=1e-4)
+    for name, grad in eager_grads.items():
+        assert torch.allclose(compiled_grads[name], grad, atol=1e-4), name

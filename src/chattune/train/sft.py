@@ -29,8 +29,8 @@ from chattune.evaluate.likelihood import likelihood
 from chattune.files import atomic_directory, atomic_write_json
 from chattune.models import load_model
 from chattune.train.callbacks import CheckpointMarker, MetricsLog, RichProgress, last_complete_checkpoint
-from chattune.train.fast import (FastTrainer, PackedCollator, bf16_supported, pack_examples,
-                                 supports_target_only_loss)
+from chattune.train.fast import (PLAIN_HEAD_MODEL_TYPES, FastTrainer, PackedCollator, bf16_supported,
+                                 compile_decoder_layers, pack_examples, supports_target_only_loss)
 
 
 def train(cfg: TrainConfig, run: Path, *, resume: bool = False, overwrite: bool = False, merge: bool = False,
@@ -196,10 +196,16 @@ def make_trainer(cfg, run, model, tokenizer, train_examples, eval_examples, bf16
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     if cfg.packing:
         train_examples, eval_examples = (pack_examples(part, cfg.max_length) for part in (train_examples, eval_examples))
-        collator = PackedCollator(tokenizer.pad_token_id)
+        # compiled code wants one shape: full rows (packed rows are nearly full anyway)
+        collator = PackedCollator(tokenizer.pad_token_id, cfg.max_length if cfg.compile else None)
     else:
         collator = PadCollator(tokenizer.pad_token_id)
     trainer_class = FastTrainer if supports_target_only_loss(model) else Trainer
+    if cfg.compile:
+        if not supports_target_only_loss(model):
+            raise InputError(f"compile: supported for {', '.join(sorted(PLAIN_HEAD_MODEL_TYPES))} models, "
+                             f"not {model.config.model_type}; set compile=false")
+        compile_decoder_layers(model)
     trainer = trainer_class(model=model, args=args, data_collator=collator, train_dataset=train_examples,
                             eval_dataset=eval_examples, processing_class=tokenizer, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # RichProgress prints instead of raw log dicts
