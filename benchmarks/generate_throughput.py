@@ -6,7 +6,8 @@
 One stream: time to first token for a ~200-token prompt, and decode tokens/s over `--tokens` greedy tokens (the
 end-of-turn token is suppressed by forcing a fixed length, so every row decodes the same number of tokens).
 Rows: HF generate fp32 (the baseline), HF generate bf16, chattune's llama.cpp backend. Then aggregate tokens/s of
-8 concurrent streams through `chattune serve` against one stream through it.
+8 concurrent streams through `chattune serve` against one stream through it, for both backends (hf batches
+concurrent requests, llama.cpp decodes them one at a time).
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def main() -> None:
     for name, row in rows.items():
         print(f"  {name}: {row['decode_tokens_per_s'] / base:.2f}x HF fp32, "
               f"{row['decode_tokens_per_s'] / reference:.2f}x llama.cpp reference decode")
-    serving = {backend: serve_rows(args.model, backend, args.tokens, args.streams) for backend in ("llamacpp",)}
+    serving = {backend: serve_rows(args.model, backend, args.tokens, args.streams) for backend in ("llamacpp", "hf")}
     for backend, row in serving.items():
         print(f"chattune serve --backend {backend}: 1 stream {row['one_stream_tokens_per_s']:.1f} tok/s, "
               f"{args.streams} streams {row[f'{args.streams}_streams_tokens_per_s']:.1f} tok/s aggregate "

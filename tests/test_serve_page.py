@@ -25,7 +25,14 @@ class UnhurriedBackend(HFGenerateBackend):
     """3 ms more per token: the 490-token story then takes ~2 s, time for a browser to press stop on a busy machine."""
 
     def generate(self, prompt_ids, sampling, on_token) -> None:
-        super().generate(prompt_ids, sampling, lambda token_id: time.sleep(0.003) or on_token(token_id))
+        super().generate(prompt_ids, sampling, self._unhurried(on_token))
+
+    def generate_batch(self, prompts, samplings, on_tokens) -> None:
+        super().generate_batch(prompts, samplings, [self._unhurried(on_token) for on_token in on_tokens])
+
+    @staticmethod
+    def _unhurried(on_token):
+        return lambda token_id: time.sleep(0.003) or on_token(token_id)
 
 
 @pytest.fixture(scope="module")

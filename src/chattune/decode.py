@@ -20,11 +20,21 @@ from chattune.errors import InputError
 from chattune.inference import Chatbot, Sampling
 
 BACKENDS = ("hf", "llamacpp")
+MAX_BATCH = 8  # rows the HF backend decodes at once: the 8 concurrent streams serving is sized for
+
+
+def batch_key(sampling: Sampling) -> tuple | None:
+    """Requests with equal keys may be decoded in one batch: all greedy, or the same temperature and top_p with no
+    seed. A seeded request is reproducible only alone (`None`), since a batch shares one random generator."""
+    if sampling.seed is not None:
+        return None
+    return ("greedy",) if sampling.temperature == 0 else ("sample", sampling.temperature, sampling.top_p)
 
 
 class DecodeBackend(Protocol):
     stop_ids: list[int]  # token ids that end a reply (end-of-turn, EOS)
     context_length: int  # prompt + reply tokens the model can read
+    max_batch: int  # most requests `generate_batch` decodes at once; 1 means one at a time
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         """The conversation rendered with the chat template (and default system prompt), ready for a reply."""
@@ -36,6 +46,11 @@ class DecodeBackend(Protocol):
         """Call `on_token(id)` for every new token; stop at a stop id, at `sampling.max_new_tokens`, or as soon as
         `on_token` returns False."""
 
+    def generate_batch(self, prompts: list[list[int]], samplings: list[Sampling],
+                       on_tokens: list[Callable[[int], bool]]) -> None:
+        """`generate` for up to `max_batch` prompts whose samplings share a `batch_key`; each row calls its own
+        `on_token` and stops on its own (stop id, its `max_new_tokens`, its `on_token` returning False)."""
+
 
 class HFGenerateBackend:
     """Decode with transformers' `generate` (greedy or top-p sampling), exactly as `chattune chat` does."""
@@ -44,6 +59,7 @@ class HFGenerateBackend:
         self.chatbot = chatbot
         self.stop_ids = chatbot.stop_ids
         self.context_length = chatbot.model.config.max_position_embeddings
+        self.max_batch = MAX_BATCH
         # A fast tokenizer raises "Already borrowed" when two threads use it at once: the event loop encodes
         # prompts while the worker decodes replies.
         self._tokenizer_lock = threading.Lock()
@@ -88,6 +104,46 @@ class HFGenerateBackend:
         model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=TokenSink(),
                        stopping_criteria=StoppingCriteriaList([StopWhenAsked()]),
                        **self.chatbot.generate_kwargs(sampling))
+
+
+    @torch.no_grad()
+    def generate_batch(self, prompts: list[list[int]], samplings: list[Sampling],
+                       on_tokens: list[Callable[[int], bool]]) -> None:
+        """A greedy or sampling loop over a left-padded batch with a KV cache (not `model.generate`, which cannot
+        stop one row while the others go on). A finished row stays in the batch, its tokens dropped, until all end."""
+        assert 0 < len(prompts) <= self.max_batch and len(prompts) == len(samplings) == len(on_tokens)
+        assert len({batch_key(s) for s in samplings}) == 1 and batch_key(samplings[0]) is not None, samplings
+        model = self.chatbot.model
+        width = max(len(p) for p in prompts)
+        pad_id = self.stop_ids[0]  # any id: padding is masked out of attention
+        input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=model.device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # each row counts from its first real token
+        pick = self._token_picker(samplings[0])
+        live, counts, cache = [True] * len(prompts), [0] * len(prompts), None
+        while any(live):
+            output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           past_key_values=cache, use_cache=True)
+            cache, next_ids = output.past_key_values, pick(input_ids, output.logits[:, -1, :].float())
+            for row, token_id in enumerate(next_ids.tolist()):
+                if live[row]:
+                    counts[row] += 1
+                    keep = on_tokens[row](token_id)
+                    live[row] = keep and token_id not in self.stop_ids and counts[row] < samplings[row].max_new_tokens
+            input_ids, position_ids = next_ids[:, None], position_ids[:, -1:] + 1
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(prompts), 1))], dim=-1)
+
+    def _token_picker(self, sampling: Sampling) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """Next token ids from last-position logits, warped as `model.generate` warps them for this sampling."""
+        if sampling.temperature == 0:
+            return lambda input_ids, logits: logits.argmax(dim=-1)
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        warpers = LogitsProcessorList([TemperatureLogitsWarper(sampling.temperature)])
+        if self.chatbot.model.generation_config.top_k:  # generate() applies its top_k (default 50) before top_p
+            warpers.append(TopKLogitsWarper(self.chatbot.model.generation_config.top_k))
+        warpers.append(TopPLogitsWarper(sampling.top_p))
+        return lambda input_ids, logits: torch.multinomial(warpers(input_ids, logits).softmax(-1), 1)[:, 0]
 
 
 class ReplyText:

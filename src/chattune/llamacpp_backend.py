@@ -66,6 +66,7 @@ class LlamaCppBackend:
                          n_batch=512, flash_attn=True, verbose=False)
         self.stop_ids = sorted({tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer)), tokenizer.eos_token_id})
         self.context_length = CONTEXT_TOKENS
+        self.max_batch = 1  # llama-cpp-python's high-level `Llama` decodes one sequence at a time
         self._tokenizer_lock = threading.Lock()  # the event loop encodes while the worker decodes
 
     @classmethod
@@ -102,3 +103,9 @@ class LlamaCppBackend:
         for count, token in enumerate(tokens, start=1):
             if not on_token(token) or token in self.stop_ids or count >= sampling.max_new_tokens:
                 return
+
+    def generate_batch(self, prompts: list[list[int]], samplings: list[Sampling],
+                       on_tokens: list[Callable[[int], bool]]) -> None:
+        """One prompt after another (`max_batch` is 1, so the engine never asks for more than one)."""
+        for prompt_ids, sampling, on_token in zip(prompts, samplings, on_tokens, strict=True):
+            self.generate(prompt_ids, sampling, on_token)
