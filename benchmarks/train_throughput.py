@@ -29,7 +29,12 @@ from machine import machine_info, matmul_peak_gflops, write_result
 MODEL = "smollm2-135m-instruct"
 
 
-def shared_config(args, method: str):
+# --ablate: chattune LoRA with one speed trick turned off at a time (config overrides, or the plain model loss)
+ABLATIONS = {"all tricks": [], "no packing": ["packing=false"], "fp32 (no bf16)": ["precision=fp32"],
+             "full LM head": "plain-loss"}
+
+
+def shared_config(args, method: str, extra: list[str] = ()):
     from chattune.config import load_config
 
     return load_config(overrides=[
@@ -38,7 +43,7 @@ def shared_config(args, method: str):
         f"max_steps={args.steps + args.warmup}", "eval_steps=100000", "early_stopping_patience=0",
         "eval_replies=0", "logging_steps=1000", f"lora.r={args.lora_r}", f"lora.alpha={2 * args.lora_r}",
         "lora.dropout=0.0", "lora.target_modules=all-linear",
-        f"learning_rate={2e-4 if method == 'lora' else 2e-5}", f"compile={str(args.compile).lower()}",
+        f"learning_rate={2e-4 if method == 'lora' else 2e-5}", f"compile={str(args.compile).lower()}", *extra,
     ])
 
 
@@ -79,13 +84,16 @@ def held_out_loss(model, tokenizer, eval_conversations, max_length) -> float:
         return likelihood(model, examples, PadCollator(tokenizer.pad_token_id), batch_size=8)["loss"]
 
 
-def run_chattune(args, method: str) -> dict:
+def run_chattune(args, method: str, ablation: str = "all tricks") -> dict:
     from rich.console import Console
 
     from chattune.models import load_model
     from chattune.train import sft
 
-    cfg = shared_config(args, method)
+    change = ABLATIONS[ablation]
+    if change == "plain-loss":  # the model's own forward and loss: logits for every position
+        sft.supports_target_only_loss = lambda model: False
+    cfg = shared_config(args, method, [] if change == "plain-loss" else change)
     train_set, eval_set, report = sft.load_split(cfg)
     model, tokenizer = load_model(cfg.model)
     train_examples, eval_examples = sft.tokenize_split(cfg, tokenizer, train_set, eval_set, report)
@@ -157,14 +165,14 @@ def summarise(meter: Meter, warmup: int) -> dict:
     }
 
 
-def _child(target, args, method, queue):
-    queue.put(target(args, method))
+def _child(target, args, method, extra, queue):
+    queue.put(target(args, method, *extra))
 
 
-def in_subprocess(target, args, method: str) -> dict:
+def in_subprocess(target, args, method: str, *extra) -> dict:
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_child, args=(target, args, method, queue))
+    process = context.Process(target=_child, args=(target, args, method, extra, queue))
     process.start()
     result = queue.get()
     process.join()
@@ -183,6 +191,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing starts")
     parser.add_argument("--skip-full", action="store_true", help="LoRA rows only")
     parser.add_argument("--compile", action="store_true", help="chattune with compile=true (warm-up must cover it)")
+    parser.add_argument("--ablate", action="store_true",
+                        help="instead: chattune LoRA with each speed trick turned off in turn (what each contributes)")
     args = parser.parse_args()
 
     from chattune.models import resolve_model
@@ -194,6 +204,9 @@ def main() -> None:
     model, _ = load_model(MODEL)
     params = sum(p.numel() for p in model.parameters())
     del model
+    if args.ablate:
+        ablate(args, peak, params)
+        return
     rows = []
     for method in ["lora"] + ([] if args.skip_full else ["full"]):
         # LoRA: forward 2N + input-gradient backward 2N FLOP per token; full adds the weight gradients (2N more)
@@ -209,6 +222,18 @@ def main() -> None:
                   flush=True)
     print_table(rows, peak)
     write_result("train_throughput", {"args": vars(args), "bf16_peak_gflops": peak, "params": params, "rows": rows})
+
+
+def ablate(args, peak: float, params: int) -> None:
+    rows = {name: in_subprocess(run_chattune, args, "lora", name) for name in ABLATIONS}
+    full = rows["all tricks"]["real_tokens_per_s"]
+    print(f"\nbf16 matmul peak measured: {peak:.0f} GFLOP/s")
+    print(f"{'chattune LoRA':18}{'real tok/s':>11}{'MFU':>7}{'eval loss':>10}{'all tricks / this':>19}")
+    for name, row in rows.items():
+        mfu = row["real_tokens_per_s"] * 4 * params / (peak * 1e9)
+        print(f"{name:18}{row['real_tokens_per_s']:11.1f}{mfu:7.1%}{row['eval_loss']:10.4f}"
+              f"{full / row['real_tokens_per_s']:18.2f}x")
+    write_result("train_ablation", {"args": vars(args), "bf16_peak_gflops": peak, "params": params, "rows": rows})
 
 
 def print_table(rows: list[dict], peak: float) -> None:

@@ -59,12 +59,9 @@ def train(cfg: TrainConfig, run: Path, *, resume: bool = False, overwrite: bool 
     if cfg.method == "lora":
         model = add_lora(model, cfg)
     trainer = make_trainer(cfg, run, model, tokenizer, train_examples, eval_examples, bf16, console)
-    # Without a KV cache transformers derives the block-causal mask of packed rows from their position ids (the
-    # target-only loss asks for that itself; a model's own forward, used for other architectures, needs this).
-    model.config.use_cache = False
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     model = trainer.model  # the best checkpoint, restored by load_best_model_at_end
-    model.config.use_cache = True
+    model.config.use_cache = True  # make_trainer turned it off for training
 
     tuned_scores = likelihood(model, eval_examples, collator, cfg.eval_batch_size)
     _save_model(cfg, run, model, tokenizer, merge)
@@ -194,6 +191,9 @@ def make_trainer(cfg, run, model, tokenizer, train_examples, eval_examples, bf16
     ]
     if cfg.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    # Without a KV cache transformers derives the block-causal mask of packed rows from their position ids (the
+    # target-only loss asks for that itself; a model's own forward, used for other architectures, needs this).
+    model.config.use_cache = False
     if cfg.packing:
         train_examples, eval_examples = (pack_examples(part, cfg.max_length) for part in (train_examples, eval_examples))
         # compiled code wants one shape: full rows (packed rows are nearly full anyway)
