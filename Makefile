@@ -1,4 +1,4 @@
-# make demo   fine-tune the offline default model on real chit-chat and show base vs tuned (~12 min on 2 cores)
+# make demo   fine-tune the offline default model on real chit-chat and show base vs tuned (~11 min on 2 cores)
 # make test   the test suite (offline; tiny models built in the tests, plus a few on the real SmolLM2)
 # Both start from nothing: they create .venv and install everything first.
 
