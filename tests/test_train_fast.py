@@ -132,3 +132,27 @@ def test_compiled_decoder_layers_compute_the_same_loss(tiny_llama):
     assert compiled_loss == pytest.approx(eager_loss.item(), rel=1e-4)
     for name, grad in eager_grads.items():
         assert torch.allclose(compiled_grads[name], grad, atol=1e-4), name
+
+
+def test_fast_trainer_runs_the_decoder_under_bf16_autocast(tiny_llama, tmp_path):
+    """The target-only loss calls the decoder directly, past accelerate's autocast wrapper of model.forward: the
+    trainer must enter autocast itself, or bf16 training silently runs in fp32."""
+    from rich.console import Console
+
+    from chattune.config import load_config
+    from chattune.train import sft
+    from chattune.train.fast import FastTrainer, bf16_supported
+
+    if not bf16_supported(torch.device("cpu")):
+        pytest.skip("this CPU has no native bf16")
+    cfg = load_config(overrides=[f"model={tiny_llama}", "precision=bf16", "max_steps=1"])
+    tokenizer = load_tokenizer(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    examples, _ = tokenize_conversations(tokenizer, CONVERSATIONS, max_length=128)
+    trainer = sft.make_trainer(cfg, tmp_path, model, tokenizer, examples, examples, True, Console(quiet=True))
+    assert isinstance(trainer, FastTrainer)
+    dtypes = []
+    model.model.layers[0].mlp.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.compute_loss(trainer.model, batch)
+    assert dtypes == [torch.bfloat16]

@@ -146,5 +146,8 @@ class FastTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = target_only_loss(model, inputs, num_items_in_batch)
+        # accelerate applies bf16 autocast by wrapping model.forward; the decoder is called directly here, so the
+        # autocast has to be entered explicitly (without it this path silently ran in fp32)
+        with self.accelerator.autocast():
+            loss = target_only_loss(model, inputs, num_items_in_batch)
         return (loss, {"loss": loss}) if return_outputs else loss
