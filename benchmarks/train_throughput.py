@@ -112,7 +112,6 @@ def run_chattune(args, method: str, ablation: str = "all tricks") -> dict:
 
 def run_trl(args, method: str) -> dict:
     from datasets import Dataset
-    from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
     from chattune.models import load_model
@@ -121,10 +120,7 @@ def run_trl(args, method: str) -> dict:
     cfg = shared_config(args, method)
     train_set, eval_set, _ = sft.load_split(cfg)
     model, tokenizer = load_model(cfg.model)
-    peft_config = None
-    if method == "lora":
-        peft_config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                                 target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+    peft_config = sft.lora_config(cfg) if method == "lora" else None
     with tempfile.TemporaryDirectory() as output:
         config = SFTConfig(output_dir=output, max_length=cfg.max_length, per_device_train_batch_size=cfg.batch_size,
                            learning_rate=cfg.learning_rate, max_steps=cfg.max_steps, optim="adamw_torch",

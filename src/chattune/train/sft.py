@@ -133,12 +133,18 @@ def tokenize_split(cfg: TrainConfig, tokenizer, train_set, eval_set, report: dic
     return train_examples, eval_examples
 
 
-def add_lora(model, cfg: TrainConfig):
-    from peft import LoraConfig, get_peft_model
+def lora_config(cfg: TrainConfig):
+    """The PEFT LoraConfig of a run (also handed to TRL by the benchmark, so both train the same adapter)."""
+    from peft import LoraConfig
 
-    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+
+
+def add_lora(model, cfg: TrainConfig):
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(cfg))
 
 
 def use_bf16(precision: str, device) -> bool:
