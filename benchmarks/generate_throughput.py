@@ -43,11 +43,11 @@ def hf_row(model_name: str, dtype, tokens: int) -> dict:
     import torch
     from transformers.generation.streamers import BaseStreamer
 
-    from chattune.inference import load_chatbot
+    from chattune.generate.hf import load_hf_backend
 
-    chatbot = load_chatbot(model_name)
-    chatbot.model.to(dtype)
-    prompt = chatbot.encode([[{"role": "user", "content": PROMPT}]])
+    backend = load_hf_backend(model_name)
+    backend.model.to(dtype)
+    prompt_ids = torch.tensor([backend.prompt_ids([{"role": "user", "content": PROMPT}])])
 
     def generate(on_token):
         class Sink(BaseStreamer):
@@ -63,16 +63,17 @@ def hf_row(model_name: str, dtype, tokens: int) -> dict:
                 pass
 
         with torch.no_grad():
-            chatbot.model.generate(**prompt, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
-                                   streamer=Sink(), pad_token_id=chatbot.tokenizer.pad_token_id)
+            backend.model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids),
+                                   max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, streamer=Sink(),
+                                   pad_token_id=backend.tokenizer.pad_token_id)
 
     generate(lambda token: True)  # warm-up
-    return {**time_stream(generate), "prompt_tokens": prompt["input_ids"].shape[1]}
+    return {**time_stream(generate), "prompt_tokens": prompt_ids.shape[1]}
 
 
 def llamacpp_row(model_name: str, quant: str, tokens: int) -> dict:
-    from chattune.inference import Sampling
-    from chattune.llamacpp_backend import LlamaCppBackend
+    from chattune.generate.llamacpp import LlamaCppBackend
+    from chattune.generate.sampling import Sampling
 
     backend = LlamaCppBackend.load(model_name, quant)
     backend.stop_ids = []  # fixed length, as in the HF rows
@@ -91,7 +92,7 @@ def reference_row(tokens: int) -> dict:
     """llama-cpp-python as its README uses it, on the packaged SmolLM2 Q4_1 file: the bar to match."""
     from llama_cpp import Llama
 
-    from chattune.llamacpp_backend import gguf_path
+    from chattune.generate.llamacpp import gguf_path
     from chattune.models import DEFAULT_MODEL, load_tokenizer
 
     llm = Llama(model_path=str(gguf_path(DEFAULT_MODEL, "q4_1")), n_ctx=4096, verbose=False)

@@ -19,6 +19,8 @@ LEARNED = {
     "what is your favourite food": "i like pizza and pasta a lot",
     "tell me a story": "la " * 40,
 }
+# Eight prompts of different lengths (left padding differs per row): the learned ones and some the model never saw.
+PROMPTS = [*LEARNED, "hello", "what is your name", "tell me a story about a cat", "food", "how are you today"]
 
 
 def chat_run(tmp_path_factory, base_model: str) -> Path:
@@ -55,6 +57,14 @@ def chat_run(tmp_path_factory, base_model: str) -> Path:
     tokenizer.save_pretrained(run / "model")
     (run / "config.yaml").write_text(f"model: {base_model}\n")  # written last: its presence means the run is whole
     return run
+
+
+def solo_tokens(backend, prompt: str, sampling) -> list[int]:
+    """The tokens `backend.generate` replies to one user message with, alone."""
+    tokens: list[int] = []
+    backend.generate(backend.prompt_ids([{"role": "user", "content": prompt}]), sampling,
+                     lambda t: tokens.append(t) or True)
+    return tokens
 
 
 @contextmanager

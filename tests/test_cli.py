@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from chattune.cli import main
-from chattune.terminal_chat import chat_loop
+from chattune.generate.terminal import chat_loop
 
 
 def chattune(*args):
@@ -87,8 +87,8 @@ def test_generate_needs_exactly_one_source(trained_run, capsys):
 def test_chat_loop_keeps_history_and_handles_commands(trained_run):
     from rich.console import Console
 
-    from chattune.decode import load_backend
-    from chattune.inference import Sampling
+    from chattune.generate.backend import load_backend
+    from chattune.generate.sampling import Sampling
 
     backend = load_backend(str(trained_run), "hf")
     lines = iter(["hello how are you 1", "what is your favourite food", "/system be brief", "/reset",

@@ -4,7 +4,8 @@ import time
 
 import pytest
 
-from chattune.inference import Chatbot, Sampling
+from chattune.generate.hf import HFBackend
+from chattune.generate.sampling import Sampling
 from chattune.models import DEFAULT_MODEL, load_model, resolve_model
 
 
@@ -16,9 +17,9 @@ def test_smollm2_alias_loads_from_cache_and_generates():
     model, tokenizer = load_model(DEFAULT_MODEL)
     assert time.time() - started < 15  # cached safetensors, no dequantisation
     assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
-    chatbot = Chatbot(model, tokenizer)
-    reply = chatbot.reply([{"role": "user", "content": "What is the capital of France?"}],
-                          Sampling(temperature=0, max_new_tokens=16))
+    backend = HFBackend(model, tokenizer)
+    reply = backend.replies([[{"role": "user", "content": "What is the capital of France?"}]],
+                            Sampling(temperature=0, max_new_tokens=16))[0].text
     assert "Paris" in reply
 
 

@@ -1,17 +1,16 @@
-"""The decode engine without HTTP: reply text assembly, finish reasons, cancelling, and the HF backend's prompt."""
+"""The decode engine without HTTP: finish reasons, cancelling, batching waiting requests, the context limit."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import replace
 
 import pytest
-from serve_helpers import LEARNED, chat_run, one_torch_thread
+from serve_helpers import PROMPTS, chat_run, one_torch_thread, solo_tokens
 
 from chattune.errors import InputError
-from chattune.inference import Sampling, load_chatbot
-from chattune.decode import HFGenerateBackend, ReplyText, batch_key
+from chattune.generate.hf import HFBackend, load_hf_backend
+from chattune.generate.sampling import Sampling
 from chattune.serve.engine import Engine
 
 STOP_ID = 0
@@ -42,23 +41,6 @@ class ScriptedBackend:
 
     def generate_batch(self, prompts, samplings, on_tokens) -> None:
         raise AssertionError("max_batch is 1: the engine decodes one request at a time")
-
-
-def test_reply_pieces_add_up_and_stop_strings_cut(tiny_llama):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
-    text = "  😀 héllo good morning\nUser: hi there"
-    reply = ReplyText(lambda ids: tokenizer.decode(ids, skip_special_tokens=True), stop=["\nUser:"])
-    pieces = [reply.add(token_id) for token_id in tokenizer(text, add_special_tokens=False)["input_ids"]]
-    pieces.append(reply.finish())
-    assert reply.stopped and "".join(pieces) == reply.text == "😀 héllo good morning"
-    assert not any("\ufffd" in piece for piece in pieces)  # half an emoji is held back, never sent
-    assert sum(bool(piece) for piece in pieces) > 3
-
-    plain = ReplyText(lambda ids: tokenizer.decode(ids), stop=[])
-    pieces = [plain.add(t) for t in tokenizer(" i am fine \n", add_special_tokens=False)["input_ids"]]
-    assert "".join(pieces) + plain.finish() == plain.text == "i am fine" and not plain.stopped
 
 
 def run_jobs(engine: Engine, requests: list[tuple[str, int]]) -> list:
@@ -115,10 +97,9 @@ def test_finish_reasons_and_cancelling():
 
 
 def test_hf_backend_uses_the_runs_system_prompt_and_refuses_too_long_prompts(tmp_path_factory, tiny_llama):
-    chatbot = load_chatbot(str(chat_run(tmp_path_factory, tiny_llama)))
-    chatbot.system_prompt = "be brief"
-    backend = HFGenerateBackend(chatbot)
-    prompt = chatbot.tokenizer.decode(backend.prompt_ids([{"role": "user", "content": "hi"}]))
+    loaded = load_hf_backend(str(chat_run(tmp_path_factory, tiny_llama)))
+    backend = HFBackend(loaded.model, loaded.tokenizer, system_prompt="be brief")
+    prompt = backend.tokenizer.decode(backend.prompt_ids([{"role": "user", "content": "hi"}]))
     assert prompt.startswith("<|im_start|>system\nbe brief<|im_end|>") and prompt.endswith("<|im_start|>assistant\n")
     engine = Engine(backend)
     try:
@@ -131,54 +112,10 @@ def test_hf_backend_uses_the_runs_system_prompt_and_refuses_too_long_prompts(tmp
         engine.close()
 
 
-# Eight prompts of different lengths (left padding differs per row): the learned ones and some the model never saw.
-PROMPTS = [*LEARNED, "hello", "what is your name", "tell me a story about a cat", "food", "how are you today"]
-
-
-def solo_tokens(backend: HFGenerateBackend, prompt: str, sampling: Sampling) -> list[int]:
-    tokens: list[int] = []
-    backend.generate(backend.prompt_ids([{"role": "user", "content": prompt}]), sampling,
-                     lambda t: tokens.append(t) or True)
-    return tokens
-
-
-def test_hf_batch_equals_solo_greedy_and_a_stopped_row_leaves_the_others(tmp_path_factory, tiny_llama):
-    backend = HFGenerateBackend(load_chatbot(str(chat_run(tmp_path_factory, tiny_llama))))
-    sampling = Sampling(temperature=0, max_new_tokens=24)
-    with one_torch_thread():
-        solo = [solo_tokens(backend, prompt, sampling) for prompt in PROMPTS]
-        batched: list[list[int]] = [[] for _ in PROMPTS]
-
-        def on_token(row: int):
-            # row 1 behaves like a client that left after 3 tokens
-            return lambda t: batched[row].append(t) or row != 1 or len(batched[row]) < 3
-
-        samplings = [replace(sampling, max_new_tokens=5) if row == 2 else sampling for row in range(len(PROMPTS))]
-        backend.generate_batch([backend.prompt_ids([{"role": "user", "content": p}]) for p in PROMPTS], samplings,
-                               [on_token(row) for row in range(len(PROMPTS))])
-    assert backend.decode(solo[0]) == LEARNED[PROMPTS[0]]
-    assert batched[1] == solo[1][:3] and batched[2] == solo[2][:5]  # stopped by its client, by its own max
-    assert [b for row, b in enumerate(batched) if row not in (1, 2)] == \
-        [s for row, s in enumerate(solo) if row not in (1, 2)]
-    assert len({len(s) for s in solo}) > 1  # rows ended at different steps (end of turn vs max_new_tokens)
-
-
-def test_hf_batch_sampling_at_a_tiny_temperature_is_greedy(tmp_path_factory, tiny_llama):
-    backend = HFGenerateBackend(load_chatbot(str(chat_run(tmp_path_factory, tiny_llama))))
-    prompts = PROMPTS[:4]
-    with one_torch_thread():
-        greedy = [solo_tokens(backend, p, Sampling(temperature=0, max_new_tokens=12)) for p in prompts]
-        sampled: list[list[int]] = [[] for _ in prompts]
-        backend.generate_batch([backend.prompt_ids([{"role": "user", "content": p}]) for p in prompts],
-                               [Sampling(temperature=1e-4, top_p=0.9, max_new_tokens=12)] * len(prompts),
-                               [lambda t, row=row: sampled[row].append(t) or True for row in range(len(prompts))])
-    assert sampled == greedy
-
-
 def test_engine_decodes_waiting_requests_as_one_batch(tmp_path_factory, tiny_llama):
-    backend = HFGenerateBackend(load_chatbot(str(chat_run(tmp_path_factory, tiny_llama))))
+    backend = load_hf_backend(str(chat_run(tmp_path_factory, tiny_llama)))
     rows_per_call: list[int] = []
-    hook = backend.chatbot.model.register_forward_pre_hook(
+    hook = backend.model.register_forward_pre_hook(
         lambda module, args, kwargs: rows_per_call.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
     engine = Engine(backend)
     try:
@@ -199,10 +136,3 @@ def test_engine_decodes_waiting_requests_as_one_batch(tmp_path_factory, tiny_lla
     assert [r.text for r in results] == solo
     assert max(rows_per_call) > 1  # at least the requests queued behind the first were decoded together
     assert len(rows_per_call) < sum(r.completion_tokens for r in results) / 2
-
-
-def test_batching_rule():
-    greedy, warm = Sampling(temperature=0, top_p=0.5), Sampling(temperature=0.7)
-    assert batch_key(greedy) == batch_key(Sampling(temperature=0)) != batch_key(warm)
-    assert batch_key(warm) != batch_key(Sampling(temperature=0.7, top_p=0.5))
-    assert batch_key(Sampling(seed=1)) is None  # a seeded reply is reproducible only alone

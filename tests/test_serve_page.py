@@ -11,7 +11,7 @@ import pytest
 from serve_helpers import LEARNED, chat_run, one_torch_thread, thread_server
 
 from chattune.cli import main
-from chattune.decode import HFGenerateBackend
+from chattune.generate.hf import HFBackend, load_hf_backend
 from chattune.serve.engine import Engine
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (`make install` adds it); never a downloaded browser
@@ -21,7 +21,7 @@ MODEL_ID = "tiny-chat"
 REPLY = '.message.assistant'
 
 
-class UnhurriedBackend(HFGenerateBackend):
+class UnhurriedBackend(HFBackend):
     """3 ms more per token: the 490-token story then takes ~2 s, time for a browser to press stop on a busy machine."""
 
     def generate(self, prompt_ids, sampling, on_token) -> None:
@@ -37,12 +37,12 @@ class UnhurriedBackend(HFGenerateBackend):
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, tiny_llama):
-    from chattune.inference import load_chatbot
     from chattune.serve.app import create_app
     from chattune.serve.store import Store
 
     db = tmp_path_factory.mktemp("serve-page") / "feedback.sqlite"
-    engine = Engine(UnhurriedBackend(load_chatbot(str(chat_run(tmp_path_factory, tiny_llama)))))
+    loaded = load_hf_backend(str(chat_run(tmp_path_factory, tiny_llama)))
+    engine = Engine(UnhurriedBackend(loaded.model, loaded.tokenizer))
     store = Store(db)
     with one_torch_thread(), thread_server(create_app(engine, store, MODEL_ID)) as url:
         yield url, db

@@ -19,3 +19,11 @@ def append_turn(conversation: Conversation, role: str, content: str) -> None:
         conversation[-1]["content"] += "\n" + content
     else:
         conversation.append({"role": role, "content": content})
+
+
+def with_system(conversation: Conversation, system_prompt: str | None) -> Conversation:
+    """`conversation` with `system_prompt` as its first turn, unless it has a system turn already (which wins) or
+    there is no prompt. The conversation given is never changed."""
+    if system_prompt and (not conversation or conversation[0]["role"] != "system"):
+        return [{"role": "system", "content": system_prompt}, *conversation]
+    return conversation

@@ -1,7 +1,7 @@
 """Held-out (context -> reference reply) pairs, and batched, seeded replies to them with a progress bar.
 
     pairs = reply_pairs(conversations, seed=42)              # one pair per conversation
-    replies = generate_replies(chatbot, pairs, Sampling(temperature=0, max_new_tokens=64), console=console)
+    replies = generate_replies(backend, pairs, Sampling(temperature=0, max_new_tokens=64), console=console)
     replies[0].text, replies[0].ended                       # ended: stopped on end-of-turn, not cut by the limit
 
 One pair per conversation keeps the pairs independent, which the paired bootstrap assumes; the reply turn is
@@ -13,12 +13,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from chattune.data.conversation import Conversation
-from chattune.inference import Chatbot, Sampling
+from chattune.generate.hf import HFBackend
+from chattune.generate.sampling import Sampling
+from chattune.generate.text import Reply
 
 # Turns of history given to the model before the reply: user, assistant, user, assistant, user. Longer chit-chat
 # histories mostly add prefill time on CPU; five turns carry the thread of a conversation.
@@ -29,12 +30,6 @@ CONTEXT_TURNS = 5
 class ReplyPair:
     context: Conversation  # ends with a user turn (a system turn, when present, is kept first)
     reference: str  # what the assistant actually said next
-
-
-@dataclass
-class Reply:
-    text: str
-    ended: bool  # the model produced its end-of-turn token before max_new_tokens
 
 
 def reply_pairs(conversations: list[Conversation], seed: int) -> list[ReplyPair]:
@@ -53,17 +48,7 @@ def reply_pairs(conversations: list[Conversation], seed: int) -> list[ReplyPair]
     return pairs
 
 
-@torch.no_grad()
-def _generate_batch(chatbot: Chatbot, contexts: list[Conversation], sampling: Sampling) -> list[Reply]:
-    batch = chatbot.encode(contexts)  # the run's chat template and system prompt, left-padded: as `chat` does
-    output = chatbot.model.generate(**batch, **chatbot.generate_kwargs(sampling))
-    new_tokens = output[:, batch["input_ids"].shape[1] :]
-    stops = torch.tensor(chatbot.stop_ids)
-    return [Reply(chatbot.tokenizer.decode(row, skip_special_tokens=True).strip(), bool(torch.isin(row, stops).any()))
-            for row in new_tokens.cpu()]
-
-
-def generate_replies(chatbot: Chatbot, pairs: list[ReplyPair], sampling: Sampling, *, batch_size: int = 8,
+def generate_replies(backend: HFBackend, pairs: list[ReplyPair], sampling: Sampling, *, batch_size: int = 8,
                      label: str = "generate", console: Console | None = None) -> list[Reply]:
     """Replies to every pair's context, `batch_size` at a time, in order."""
     replies: list[Reply] = []
@@ -72,6 +57,7 @@ def generate_replies(chatbot: Chatbot, pairs: list[ReplyPair], sampling: Samplin
         task = progress.add_task(label, total=len(pairs))
         for first in range(0, len(pairs), batch_size):
             contexts = [pair.context for pair in pairs[first : first + batch_size]]
-            replies += _generate_batch(chatbot, contexts, sampling)
+            # the run's chat template and system prompt, as `chattune chat` and `chattune generate` reply
+            replies += backend.replies(contexts, sampling)
             progress.update(task, advance=len(contexts))
     return replies

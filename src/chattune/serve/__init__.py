@@ -1,2 +1,3 @@
 """`chattune serve`: an OpenAI-compatible API (app.py, schemas.py), a decode engine (engine.py), a SQLite
-conversation and feedback store (store.py) and the web chat page (static/)."""
+conversation and feedback store (store.py), training data from that feedback (feedback.py) and the web chat page
+(static/)."""

@@ -30,7 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from chattune.errors import InputError
-from chattune.inference import Sampling
+from chattune.generate.sampling import Sampling
 from chattune.serve.engine import Engine, EngineBusy, Finished, Job
 from chattune.serve.schemas import (
     MAX_BODY_BYTES,
@@ -284,11 +284,18 @@ def check_port_free(host: str, port: int) -> None:
 
 def serve(run: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           db: str = "feedback.sqlite", backend: str = "hf", quant: str = "q8_0") -> None:
-    """Load `run`, then serve it until Ctrl-C."""
+    """Load `run`, then serve it until Ctrl-C. The API key is `api_key`, else $CHATTUNE_API_KEY, else none."""
+    import os
+    import sys
+
     import uvicorn
 
-    from chattune.decode import load_backend
+    from chattune.generate.backend import load_backend
 
+    api_key = api_key or os.environ.get("CHATTUNE_API_KEY") or None
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        print(f"warning: serving on {host} without --api-key: anyone who can reach this port can use the model",
+              file=sys.stderr)
     check_port_free(host, port)
     model_id = run.rstrip("/")
     store = Store(db)

@@ -1,6 +1,6 @@
 """Generate replies for the server: one decode worker takes requests from a queue and decodes those waiting together
-(up to the backend's `max_batch`, when their sampling allows, see `chattune.decode.batch_key`), and each reply
-streams back to its request piece by piece.
+(up to the backend's `max_batch`, when their sampling allows, see `chattune.generate.sampling.batch_key`), and each
+reply streams back to its request piece by piece.
 
     engine = Engine(load_backend("runs/demo", "hf"))
     job = engine.submit(messages, Sampling(temperature=0), stop=[])   # from inside the event loop
@@ -8,8 +8,8 @@ streams back to its request piece by piece.
         ...
     job.finished   # Finished(text, finish_reason, prompt_tokens, completion_tokens)
 
-The decode backend sits behind a small interface (`chattune.decode.DecodeBackend`): chat-formatted prompt ids in,
-token ids out one at a time; `ReplyText` turns them into text.
+The decode backend sits behind a small interface (`chattune.generate.backend.DecodeBackend`): chat-formatted prompt
+ids in, token ids out one at a time; `ReplyText` turns them into text.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
-from chattune.decode import DecodeBackend, ReplyText, batch_key
 from chattune.errors import InputError
-from chattune.inference import Sampling
+from chattune.generate.backend import DecodeBackend
+from chattune.generate.sampling import Sampling, batch_key
+from chattune.generate.text import ReplyText
 
 log = logging.getLogger("chattune.serve")
 

@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_serializer, model_validator
 
+from chattune.generate.sampling import Sampling
+
 MAX_MESSAGES = 100  # turns per request; a longer chat no longer fits a small model's context anyway
 MAX_MESSAGE_CHARS = 16_000  # characters per message (~4k tokens of English)
 MAX_TOTAL_CHARS = 32_000  # characters per conversation (~8k tokens: SmolLM2's whole context)
@@ -18,6 +20,7 @@ MAX_TOKENS_CAP = 1024  # longest reply a request may ask for (~1 min of a 135M m
 DEFAULT_MAX_TOKENS = 256  # reply length when the request gives none
 MAX_STOP_STRINGS = 4  # as OpenAI
 MAX_STOP_CHARS = 64  # per stop string
+DEFAULT_SAMPLING = Sampling()  # temperature and top_p when a request gives none: the same as `chattune chat`
 
 
 StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
@@ -35,8 +38,8 @@ class StreamOptions(BaseModel):
 class ChatRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     model: str | None = None  # must name the served model when given (GET /v1/models)
-    temperature: float = Field(0.7, ge=0, le=2)  # chattune's default (as `chattune chat`); 0 is greedy
-    top_p: float = Field(0.9, gt=0, le=1)
+    temperature: float = Field(DEFAULT_SAMPLING.temperature, ge=0, le=2)  # 0 is greedy
+    top_p: float = Field(DEFAULT_SAMPLING.top_p, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CAP)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CAP)  # the newer name of max_tokens
     stop: list[StopString] = Field(default_factory=list, max_length=MAX_STOP_STRINGS)  # a string or a list

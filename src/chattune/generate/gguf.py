@@ -132,3 +132,11 @@ def export_gguf(model, tokenizer, out: Path, quant: str = "q8_0") -> Path:
         writer.write_tensors_to_file()
         writer.close()
     return Path(out)
+
+
+def export_run(name: str, out: Path, quant: str = "q8_0") -> Path:
+    """Export a run folder (its LoRA merged into the base weights) or a model name/folder to `out`."""
+    from chattune.generate.hf import load_hf_backend
+
+    backend = load_hf_backend(name)
+    return export_gguf(backend.model, backend.tokenizer, Path(out), quant)

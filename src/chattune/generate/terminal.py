@@ -3,14 +3,17 @@
     chattune chat runs/demo [--backend llamacpp]
 
 Commands: /reset starts a new conversation, /system TEXT sets the system prompt (and resets), /quit leaves.
+`--system` and `/system` replace the run's system prompt; without either the backend applies the run's own.
 """
 
 from __future__ import annotations
 
 from rich.console import Console
 
-from chattune.decode import DecodeBackend, ReplyText
-from chattune.inference import Sampling
+from chattune.data.conversation import with_system
+from chattune.generate.backend import DecodeBackend
+from chattune.generate.sampling import Sampling
+from chattune.generate.text import ReplyText
 
 HELP = "commands: /reset  /system TEXT  /quit"
 
@@ -52,6 +55,6 @@ def chat_loop(backend: DecodeBackend, sampling: Sampling, console: Console, syst
             console.print(f"[dim]unknown command; {HELP}[/dim]")
             continue
         messages.append({"role": "user", "content": line})
-        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
         console.print("bot> ", end="")
-        messages.append({"role": "assistant", "content": stream_reply(backend, system + messages, sampling, console)})
+        reply = stream_reply(backend, with_system(messages, system_prompt), sampling, console)
+        messages.append({"role": "assistant", "content": reply})
