@@ -87,19 +87,21 @@ def held_out_loss(model, tokenizer, eval_conversations, max_length) -> float:
 def run_chattune(args, method: str, ablation: str = "all tricks") -> dict:
     from rich.console import Console
 
+    from chattune.data.load import load_chat_split
     from chattune.models import load_model
     from chattune.train import sft
+    from chattune.train.common import add_lora
 
     change = ABLATIONS[ablation]
     if change == "plain-loss":  # the model's own forward and loss: logits for every position
         sft.supports_target_only_loss = lambda model: False
     cfg = shared_config(args, method, [] if change == "plain-loss" else change)
-    train_set, eval_set, report = sft.load_split(cfg)
+    train_set, eval_set, report = load_chat_split(cfg)
     model, tokenizer = load_model(cfg.model)
     train_examples, eval_examples = sft.tokenize_split(cfg, tokenizer, train_set, eval_set, report)
     bf16 = sft.use_bf16(cfg.precision, model.device)
     if method == "lora":
-        model = sft.add_lora(model, cfg)
+        model = add_lora(model, cfg)
     with tempfile.TemporaryDirectory() as run:
         trainer = sft.make_trainer(cfg, Path(run), model, tokenizer, train_examples, eval_examples, bf16,
                                    Console(quiet=True))
@@ -114,13 +116,14 @@ def run_trl(args, method: str) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from chattune.data.load import load_chat_split
     from chattune.models import load_model
-    from chattune.train import sft
+    from chattune.train.common import lora_config
 
     cfg = shared_config(args, method)
-    train_set, eval_set, _ = sft.load_split(cfg)
+    train_set, eval_set, _ = load_chat_split(cfg)
     model, tokenizer = load_model(cfg.model)
-    peft_config = sft.lora_config(cfg) if method == "lora" else None
+    peft_config = lora_config(cfg) if method == "lora" else None
     with tempfile.TemporaryDirectory() as output:
         config = SFTConfig(output_dir=output, max_length=cfg.max_length, per_device_train_batch_size=cfg.batch_size,
                            learning_rate=cfg.learning_rate, max_steps=cfg.max_steps, optim="adamw_torch",

@@ -57,7 +57,7 @@ def classifier_run(tmp_path_factory, tiny_bert, topics_csv):
     assert main(["train", "--data", str(topics_csv), "--model", tiny_bert, "--output", str(run),
                  "--set", "task=classify", "--set", "method=full", "--set", "learning_rate=0.002",
                  "--set", "epochs=6", "--set", "batch_size=8", "--set", "eval_steps=10",
-                 "--set", "logging_steps=5", "--set", "precision=fp32"]) == 0
+                 "--set", "logging_steps=5"]) == 0  # classifiers train in fp32: precision is a chat key
     return run
 
 
@@ -101,15 +101,17 @@ def test_predict_on_a_chat_run_is_a_clear_error(tmp_path, capsys):
 
 
 def test_chatterbot_topics_loads_with_the_category_labels():
-    from chattune.train.classify import read_labelled, stratified_split
+    from chattune.data.labelled import read_labelled
+    from chattune.data.split import split_by_label
 
-    rows = read_labelled("chatterbot-topics")
+    rows, report = read_labelled("chatterbot-topics")
+    assert report.format == "chatterbot-topics" and report.conversations == len(rows)
     labels = sorted({label for _, label in rows})
     assert labels == ["ai", "botprofile", "coding", "computers", "conversations", "emotion", "food", "greetings",
                       "history", "literature", "money", "movies", "politics", "psychology", "science", "sports",
                       "tech_support", "trivia"]
     assert ("What is AI?", "ai") in rows and len({text for text, _ in rows}) == len(rows) > 700
-    train, evaluation = stratified_split(rows, 0.2, seed=42)
+    train, evaluation = split_by_label(rows, 0.2, seed=42)
     assert {label for _, label in evaluation} == set(labels) == {label for _, label in train}
     assert not {text for text, _ in train} & {text for text, _ in evaluation}
-    assert stratified_split(rows, 0.2, seed=42) == (train, evaluation)
+    assert split_by_label(rows, 0.2, seed=42) == (train, evaluation)

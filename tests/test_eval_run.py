@@ -76,12 +76,13 @@ def test_held_out_set_is_the_one_training_used(evaluated_run):
 
 
 def test_eval_replies_equal_chat_replies(evaluated_run):
-    from chattune.inference import Sampling, load_chatbot
+    from chattune.generate.hf import load_hf_backend
+    from chattune.generate.sampling import Sampling
 
     evaluation = json.loads((evaluated_run / "eval.json").read_text())
-    chatbot = load_chatbot(str(evaluated_run))
+    backend = load_hf_backend(str(evaluated_run))
     contexts = [example["context"] for example in evaluation["examples"][:3]]
-    expected = chatbot.replies(contexts, Sampling(temperature=0, max_new_tokens=12))
+    expected = [r.text for r in backend.replies(contexts, Sampling(temperature=0, max_new_tokens=12))]
     assert [example["tuned"]["reply"] for example in evaluation["examples"][:3]] == expected
 
 

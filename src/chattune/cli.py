@@ -29,9 +29,17 @@ def _reader_options(args) -> dict:
 
 
 def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding (default 0.7)")
-    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling threshold (default 0.9)")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="longest reply in tokens (default 128)")
+    from chattune.generate.sampling import Sampling
+
+    default = Sampling()  # the defaults live there, shared with the server and both backends
+    parser.add_argument("--temperature", type=float, default=default.temperature,
+                        help=f"0 for greedy decoding (default {default.temperature})")
+    parser.add_argument("--top-p", type=float, default=default.top_p,
+                        help=f"nucleus sampling threshold (default {default.top_p})")
+    parser.add_argument("--top-k", type=int, default=default.top_k,
+                        help=f"sample among the K likeliest tokens, 0 for all (default {default.top_k})")
+    parser.add_argument("--max-new-tokens", type=int, default=default.max_new_tokens,
+                        help=f"longest reply in tokens (default {default.max_new_tokens})")
     parser.add_argument("--seed", type=int, help="fix the sampling for reproducible replies")
 
 
@@ -45,10 +53,10 @@ def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _sampling(args):
-    from chattune.inference import Sampling
+    from chattune.generate.sampling import Sampling
 
-    return Sampling(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                    seed=args.seed)
+    return Sampling(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                    max_new_tokens=args.max_new_tokens, seed=args.seed)
 
 
 def cmd_data_inspect(args) -> None:
@@ -74,13 +82,13 @@ def cmd_data_convert(args) -> None:
     print(f"wrote {len(conversations)} conversations to {args.out}")
 
 
-def cmd_train(args) -> None:
+def _train_config(args):
+    """The config to train with, validated, and the run folder checked: all before anything heavy loads."""
     import time
 
-    from rich.console import Console
-
     from chattune.config import load_config
-    from chattune.train.sft import train
+    from chattune.runs import Run
+    from chattune.train.common import check_output_folder
 
     overrides = list(args.set)
     if args.data is not None:
@@ -88,50 +96,38 @@ def cmd_train(args) -> None:
     if args.model is not None:
         overrides.append(f"model={json.dumps(args.model)}")
     run = Path(args.output or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    check_output_folder(run)
     if args.resume:  # a resumed run keeps the config it started with
-        if not (run / "config.yaml").is_file():
+        if not Run.is_run(run):
             raise InputError(f"{run}: not a chattune run folder (no config.yaml), nothing to resume; give --output RUN")
-        cfg = load_config(run / "config.yaml", overrides)
-    else:
-        cfg = load_config(args.config, overrides)
-    console = Console(stderr=True)
-    if cfg.task == "classify":
-        from chattune.evaluate.report import print_evaluation
-        from chattune.train.classify import train_classifier
+        return load_config(Run(run).config_path, overrides, from_run=True), run
+    return load_config(args.config, overrides), run
 
-        if args.resume:
-            raise InputError("--resume: classification runs restart from scratch (they take minutes); drop --resume")
-        train_classifier(cfg, run, overwrite=args.overwrite, console=console)
-        print_evaluation(json.loads((run / "eval.json").read_text()), Console())
+
+def cmd_train(args) -> None:
+    from rich.console import Console
+
+    from chattune.evaluate.report import print_before_after, print_evaluation
+    from chattune.pipeline import train_and_evaluate
+
+    cfg, run = _train_config(args)
+    result = train_and_evaluate(cfg, run, resume=args.resume, overwrite=args.overwrite, merge=args.merge,
+                                console=Console(stderr=True))
+    if result["evaluation"] is not None:
+        print_evaluation(result["evaluation"], Console())
+    else:  # eval_replies: 0 skipped the evaluation; training's own base/tuned likelihood is what there is
+        print_before_after(result["metrics"], Console())
+    if result["task"] == "classify":
         print(f"run folder: {run}\n  report:  {run / 'report.html'}\n  predict: chattune predict {run} --text 'hi!'")
-        return
-    train(cfg, run, resume=args.resume, overwrite=args.overwrite, merge=args.merge, console=console)
-    print_before_after(json.loads((run / "metrics.json").read_text()), Console())
-    if (run / "eval.json").is_file():
-        from chattune.evaluate.report import print_evaluation
-
-        print_evaluation(json.loads((run / "eval.json").read_text()), Console())
-    print(f"run folder: {run}\n  chat:     chattune chat {run}\n  generate: chattune generate {run} --prompt 'hi!'")
-
-
-def print_before_after(metrics: dict, console) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"held-out conversations: base vs tuned ({metrics['tuned']['tokens']} reply tokens)")
-    for column in ("metric", "base", "tuned", "change"):
-        table.add_column(column, justify="left" if column == "metric" else "right")
-    for key, label in (("loss", "eval loss"), ("perplexity", "perplexity"), ("token_accuracy", "token accuracy")):
-        base, tuned = metrics["base"][key], metrics["tuned"][key]
-        change = f"{tuned / base - 1:+.1%}" if base else f"{tuned - base:+.4f}"
-        table.add_row(label, f"{base:.4f}", f"{tuned:.4f}", change)
-    console.print(table)
+    else:
+        print(f"run folder: {run}\n  chat:     chattune chat {run}\n  generate: chattune generate {run} --prompt 'hi!'")
 
 
 def cmd_chat(args) -> None:
     from rich.console import Console
 
-    from chattune.decode import load_backend
-    from chattune.terminal_chat import chat_loop
+    from chattune.generate.backend import load_backend
+    from chattune.generate.terminal import chat_loop
 
     sampling = _sampling(args)
     backend = load_backend(args.run, args.backend, args.quant)
@@ -139,45 +135,30 @@ def cmd_chat(args) -> None:
 
 
 def cmd_export_gguf(args) -> None:
-    from chattune.export_gguf import export_gguf
-    from chattune.inference import load_chatbot
+    from chattune.generate.gguf import export_run
 
-    chatbot = load_chatbot(args.run)  # a run's LoRA is merged into the base weights here
-    print(f"wrote {export_gguf(chatbot.model, chatbot.tokenizer, Path(args.out), args.quant)}")
+    print(f"wrote {export_run(args.run, Path(args.out), args.quant)}")
 
 
 def cmd_generate(args) -> None:
-    from chattune.inference import load_chatbot
+    from chattune.generate.batch import read_prompts, reply_to_prompts
 
     if (args.prompt is None) == (args.input is None):
         raise InputError("generate: give exactly one of --prompt TEXT or --input PROMPTS.txt")
-    if args.prompt is not None:
-        prompts = [args.prompt]
-    else:
-        path = Path(args.input)
-        if not path.is_file():
-            raise InputError(f"{path}: no such file")
-        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not prompts:
-            raise InputError(f"{path}: no prompts (one per line)")
-    sampling = _sampling(args)
-    chatbot = load_chatbot(args.run)
-    for first in range(0, len(prompts), args.batch_size):
-        chunk = prompts[first : first + args.batch_size]
-        replies = chatbot.replies([[{"role": "user", "content": p}] for p in chunk], sampling)
-        for prompt, reply in zip(chunk, replies):
-            print(json.dumps({"prompt": prompt, "reply": reply}, ensure_ascii=False) if args.jsonl else reply)
+    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.input)
+    for prompt, reply in reply_to_prompts(args.run, prompts, _sampling(args), args.batch_size):
+        print(json.dumps({"prompt": prompt, "reply": reply}, ensure_ascii=False) if args.jsonl else reply)
 
 
 def cmd_eval(args) -> None:
     from rich.console import Console
 
     from chattune.evaluate.report import print_evaluation
-    from chattune.evaluate.run import evaluate_run
+    from chattune.pipeline import evaluate
 
-    result = evaluate_run(args.run, data=args.data, split=args.split, limit=args.limit,
-                          compare_base=args.compare_base, max_new_tokens=args.max_new_tokens,
-                          batch_size=args.batch_size, console=Console(stderr=True))
+    result = evaluate(args.run, data=args.data, split=args.split, limit=args.limit,
+                      compare_base=args.compare_base, max_new_tokens=args.max_new_tokens,
+                      batch_size=args.batch_size, console=Console(stderr=True))
     print_evaluation(result, Console())
     print(f"wrote {Path(args.run) / 'eval.json'} and {Path(args.run) / 'report.html'}")
 
@@ -189,7 +170,7 @@ def cmd_report(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from chattune.train.classify import predict
+    from chattune.evaluate.classify import predict
 
     if not args.text:
         raise InputError("predict: give at least one --text TEXT")
@@ -204,16 +185,12 @@ def cmd_predict(args) -> None:
 def cmd_serve(args) -> None:
     from chattune.serve.app import serve
 
-    api_key = args.api_key or os.environ.get("CHATTUNE_API_KEY") or None
-    if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
-        print(f"warning: serving on {args.host} without --api-key: anyone who can reach this port can use the model",
-              file=sys.stderr)
-    serve(args.run, host=args.host, port=args.port, api_key=api_key, db=args.db, backend=args.backend,
+    serve(args.run, host=args.host, port=args.port, api_key=args.api_key, db=args.db, backend=args.backend,
           quant=args.quant)
 
 
 def cmd_feedback_stats(args) -> None:
-    from chattune.feedback import feedback_stats
+    from chattune.serve.feedback import feedback_stats
 
     stats = feedback_stats(args.db)
     if args.json:
@@ -226,19 +203,15 @@ def cmd_feedback_stats(args) -> None:
 
 
 def cmd_feedback_export(args) -> None:
-    from chattune.feedback import export_feedback
+    from chattune.serve.feedback import export_feedback
 
     rows = export_feedback(args.db, args.format, args.out)
     use = f"chattune train --data {args.out}" if args.format == "sft" else "a DPO trainer (TRL's preference format)"
     print(f"wrote {rows} {args.format} rows to {args.out}; use with: {use}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_data_parser(verbs) -> None:
     from chattune.models import DEFAULT_MODEL
-
-    parser = argparse.ArgumentParser(prog="chattune", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
-    verbs = parser.add_subparsers(dest="verb", required=True)
 
     data = verbs.add_parser("data", help="inspect or convert conversation data").add_subparsers(dest="action",
                                                                                                   required=True)
@@ -255,8 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reader_flags(convert)
     convert.set_defaults(func=cmd_data_convert)
 
-    train = verbs.add_parser("train", help="fine-tune a model on conversations (LoRA or full)")
-    train.add_argument("config", nargs="?", help="YAML config (see configs/example.yaml); every key has a default")
+
+def _add_train_parser(verbs) -> None:
+    from chattune.models import DEFAULT_MODEL
+
+    train = verbs.add_parser("train", help="fine-tune a model: chat (LoRA or full) or classify (see task)")
+    train.add_argument("config", nargs="?", help="YAML config (configs/example.yaml lists every key of task: chat, "
+                       "configs/classify.yaml of task: classify); every key has a default")
     train.add_argument("--data", help="file, folder, or corpus name (overrides the config's data)")
     train.add_argument("--model", help=f"HF id, local folder, or {DEFAULT_MODEL} (overrides the config's model)")
     train.add_argument("--output", help="run folder (default runs/YYYYmmdd-HHMMSS)")
@@ -267,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--merge", action="store_true", help="also save LoRA merged into the base weights (RUN/model)")
     train.set_defaults(func=cmd_train)
 
+
+def _add_generation_parsers(verbs) -> None:
     chat = verbs.add_parser("chat", help="interactive terminal chat with a run or model (streams tokens)")
     chat.add_argument("run", help="run folder, or a model name/folder")
     chat.add_argument("--system", help="system prompt (default: the run's)")
@@ -289,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--quant", choices=["q8_0", "q4_1", "f16"], default="q8_0", help="weight type (default q8_0)")
     export.set_defaults(func=cmd_export_gguf)
 
+
+def _add_evaluation_parsers(verbs) -> None:
     evaluate = verbs.add_parser("eval", help="score a run on held-out data (base vs tuned); writes eval.json, report.html")
     evaluate.add_argument("run", help="run folder written by `chattune train`")
     evaluate.add_argument("--data", help="file or corpus to score instead of the run's own held-out split")
@@ -312,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print {text, label, probabilities} JSON lines")
     predict.set_defaults(func=cmd_predict)
 
+
+def _add_serve_parsers(verbs) -> None:
     serve = verbs.add_parser("serve", help="OpenAI-compatible API + streaming web chat + feedback store")
     serve.add_argument("run", help="run folder, or a model name/folder")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
@@ -336,17 +320,35 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--db", default="feedback.sqlite",
                         help="SQLite file written by `chattune serve` (default feedback.sqlite)")
     export.set_defaults(func=cmd_feedback_export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chattune", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and library warnings")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    for add_parsers in (_add_data_parser, _add_train_parser, _add_generation_parsers, _add_evaluation_parsers,
+                        _add_serve_parsers):
+        add_parsers(verbs)
     return parser
 
 
+# Third-party warnings that chattune's own use triggers and that say nothing to a chattune user, matched by message
+# so that any other warning (a real deprecation of something the user passed) still shows.
+NOISY_WARNINGS = (
+    ".*pin_memory.*",  # torch: pin_memory set but no accelerator (chattune sets it only on CUDA; the DataLoader asks)
+    ".*fan_in_fan_out is set to False.*",  # peft on GPT-2's Conv1D layers: it sets the flag right itself
+    ".*is_gradient_checkpointing.* is deprecated.*",  # transformers 5 calling its own renamed property, per step
+)
+
+
 def _quiet_libraries() -> None:
-    """Library progress bars and deprecation notices bury chattune's own output; --debug shows them."""
+    """Library progress bars and advisory notices bury chattune's own output; --debug shows them."""
     import warnings
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*pin_memory.*")
+    for message in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
     from transformers.utils import logging
 
     logging.disable_progress_bar()

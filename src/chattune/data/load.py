@@ -91,3 +91,26 @@ def write_jsonl(conversations: list[Conversation], path: Path) -> Path:
     lines = (json.dumps({"messages": conversation}, ensure_ascii=False) + "\n" for conversation in conversations)
     atomic_write_text(Path(path), "".join(lines))
     return Path(path)
+
+
+def load_chat_split(cfg) -> tuple[list[Conversation], list[Conversation], dict]:
+    """(train, eval, report) for a ChatConfig: read, clean, split by conversation (or read `eval_data`), cut the
+    eval side to `eval_limit`, add the system prompt. Training and `chattune eval` both call this, so they score
+    exactly the same held-out conversations."""
+    from chattune.data.conversation import with_system
+    from chattune.data.split import split_conversations
+
+    options = dict(prompt_column=cfg.prompt_column, response_column=cfg.response_column,
+                   first_speaker=cfg.first_speaker)
+    conversations, data_report = load_conversations(cfg.data, limit=cfg.limit, **options)
+    eval_report = None
+    if cfg.eval_data is None:
+        train, evaluation = split_conversations(conversations, cfg.eval_fraction, cfg.seed, source=cfg.data)
+    else:
+        train = conversations
+        evaluation, eval_report = load_conversations(cfg.eval_data, **options)
+    evaluation = evaluation[: cfg.eval_limit]
+    train, evaluation = ([with_system(c, cfg.system_prompt) for c in part] for part in (train, evaluation))
+    report = {"data": data_report.to_dict(), "eval_data": eval_report.to_dict() if eval_report else None,
+              "train_conversations": len(train), "eval_conversations": len(evaluation)}
+    return train, evaluation, report

@@ -15,22 +15,22 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from chattune.config import load_config
 from chattune.errors import InputError
 from chattune.evaluate import plots
 from chattune.files import atomic_write_text
+from chattune.runs import Run
 
 TEMPLATES = Path(__file__).parent / "templates"
 EXAMPLES_SHOWN = 10
 
 
 def write_report(run: Path) -> Path:
-    run = Path(run)
-    evaluation = _read_json(run / "eval.json", f"run `chattune eval {run}` first")
-    config = load_config(run / "config.yaml").to_dict()  # defaults filled in for runs older than a field
-    metrics = _read_json(run / "metrics.json", "did training finish?")
-    log_rows = _read_jsonl(run / "metrics.jsonl")
-    data_report = _read_json(run / "data_report.json", "did training finish?")
+    folder = Run(Path(run))
+    evaluation = _read_json(folder.eval_path, f"run `chattune eval {run}` first")
+    config = folder.config.to_dict()  # defaults filled in for runs older than a field
+    metrics = _read_json(folder.metrics_path, "did training finish?")
+    log_rows = _read_jsonl(folder.metrics_log_path)
+    data_report = _read_json(folder.data_report_path, "did training finish?")
     figures = {"loss": plots.loss_curves(log_rows, metrics["base"]["loss"] if "base" in metrics else None)}
     if evaluation["task"] == "classify":
         figures["accuracy"] = plots.eval_accuracy_curve(log_rows)
@@ -38,11 +38,11 @@ def write_report(run: Path) -> Path:
     for row in evaluation.get("metrics", []):
         row["verdict"] = verdict(row)
     page = _environment().get_template("report.html.j2").render(
-        run=run.name, config=config, evaluation=evaluation, figures=figures,
+        run=folder.path.name, config=config, evaluation=evaluation, figures=figures,
         summary=run_summary(config, metrics, log_rows, data_report), examples=evaluation["examples"][:EXAMPLES_SHOWN],
     )
-    atomic_write_text(run / "report.html", page)
-    return run / "report.html"
+    atomic_write_text(folder.report_path, page)
+    return folder.report_path
 
 
 def run_summary(config: dict, metrics: dict, log_rows: list[dict], data_report: dict) -> list[tuple[str, str]]:
@@ -127,4 +127,18 @@ def print_evaluation(evaluation: dict, console) -> None:
                           f"[{number(row['ci'][0], True)}, {number(row['ci'][1], True)}]", verdict(row))
         else:
             table.add_row(row["label"], number(row["tuned"]))
+    console.print(table)
+
+
+def print_before_after(metrics: dict, console) -> None:
+    """metrics.json's likelihood on the held-out conversations, base vs tuned, as a terminal table."""
+    from rich.table import Table
+
+    table = Table(title=f"held-out conversations: base vs tuned ({metrics['tuned']['tokens']} reply tokens)")
+    for column in ("metric", "base", "tuned", "change"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for key, label in (("loss", "eval loss"), ("perplexity", "perplexity"), ("token_accuracy", "token accuracy")):
+        base, tuned = metrics["base"][key], metrics["tuned"][key]
+        change = f"{tuned / base - 1:+.1%}" if base else f"{tuned - base:+.4f}"
+        table.add_row(label, f"{base:.4f}", f"{tuned:.4f}", change)
     console.print(table)

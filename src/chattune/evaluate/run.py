@@ -1,13 +1,15 @@
 """`chattune eval RUN`: score a run's held-out conversations, base model vs tuned, and write eval.json + report.html.
 
-    result = evaluate_run("runs/demo", limit=32, compare_base=True)
+    result = evaluate_run(Run.open("runs/demo"), limit=32, compare_base=True)
     result["metrics"][0]   # {"key": "loss", "base": 3.99, "tuned": 3.46, "delta": -0.53, "ci": [-0.61, -0.45], ...}
 
 Reads top to bottom: the run's config -> the same held-out conversations training used (or --data) -> for each
 model (base, then tuned): likelihood of the whole conversations with the training masks, one greedy reply per
 conversation, and that reply's overlap with the reference, relevance, toxicity and shape -> paired bootstrap
-intervals for every change -> RUN/eval.json (every number and reply) -> RUN/report.html. Classification runs
-(task: classify) are scored by chattune.train.classify instead.
+intervals for every change -> RUN/eval.json (every number and reply) -> RUN/report.html.
+
+Right after training, the held-out conversations and their likelihoods come from training itself (`held_out`):
+they are neither read nor scored twice. Classification runs are scored by chattune.evaluate.classify.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from chattune.config import TrainConfig, load_config
-from chattune.data import load_conversations
+from chattune.config import ChatConfig
 from chattune.data.chat import tokenize_conversations
 from chattune.data.collate import PadCollator
+from chattune.data.conversation import Conversation, with_system
+from chattune.data.load import load_chat_split, load_conversations
 from chattune.errors import InputError
 from chattune.evaluate import text_metrics
 from chattune.evaluate.bootstrap import CONFIDENCE, RESAMPLES, paired_bootstrap
@@ -33,7 +36,9 @@ from chattune.evaluate.likelihood import conversation_likelihoods, summarize_lik
 from chattune.evaluate.relevance import SentenceEncoder, cosine_similarities
 from chattune.evaluate.safety import TOXIC_THRESHOLD, toxicity
 from chattune.files import atomic_write_json
-from chattune.inference import Chatbot, Sampling
+from chattune.generate.hf import HFBackend, load_hf_backend
+from chattune.generate.sampling import Sampling
+from chattune.runs import Run
 
 
 @dataclass(frozen=True)
@@ -68,35 +73,35 @@ METRICS = (
 )
 
 
-def evaluate_run(run: str | Path, *, data: str | None = None, split: str = "eval", limit: int | None = None,
+def evaluate_run(run: Run, *, data: str | None = None, split: str = "eval", limit: int | None = None,
                  compare_base: bool = False, max_new_tokens: int | None = None, batch_size: int = 8,
-                 console: Console | None = None) -> dict:
-    """Score the run, write RUN/eval.json and RUN/report.html, and return what eval.json holds."""
+                 held_out=None, console: Console | None = None) -> dict:
+    """Score the run, write RUN/eval.json and RUN/report.html, and return what eval.json holds.
+
+    `held_out` (a train.sft.HeldOut) gives the conversations and their base/tuned likelihoods from training; the
+    likelihoods cover all of them and the replies the first `limit`."""
     from chattune.evaluate.report import write_report
 
     console = console or Console(stderr=True)
-    started = time.time()
-    run = Path(run)
-    cfg = load_run_config(run)
-    if cfg.task == "classify":
-        from chattune.train.classify import evaluate_classifier
-
-        return evaluate_classifier(run, data=data, split=split, limit=limit, console=console)
-    conversations = eval_conversations(cfg, data, split)[:limit]
-    pairs = reply_pairs(conversations, cfg.seed)
+    started, cfg = time.time(), run.config
+    conversations = held_out.conversations if held_out else eval_conversations(cfg, data, split)[:limit]
+    pairs = reply_pairs(conversations[:limit], cfg.seed)
     sampling = Sampling(temperature=0, max_new_tokens=max_new_tokens or cfg.eval_max_new_tokens, seed=cfg.seed)
-    console.print(f"eval: {len(conversations)} held-out conversations from {data or cfg.data} ({split} split), "
+    console.print(f"eval: {len(pairs)} held-out conversations from {data or cfg.data} ({split} split), "
                   f"greedy replies of up to {sampling.max_new_tokens} tokens")
     encoder = SentenceEncoder.load()
     scored = {}
     for name in ("base", "tuned") if compare_base else ("tuned",):
-        chatbot = _load_system(run, cfg, name)
-        scored[name] = _score_system(chatbot, cfg, conversations, pairs, sampling, encoder, batch_size, console, name)
-        del chatbot  # one model in memory at a time
+        backend = _load_system(run, cfg, name)
+        likelihoods = held_out.likelihoods[name] if held_out else _likelihoods(backend, cfg, conversations)
+        replies = generate_replies(backend, pairs, sampling, batch_size=batch_size, label=f"eval {name}",
+                                   console=console)
+        scored[name] = _score_replies(likelihoods, replies, pairs, encoder, console, name)
+        del backend  # one model in memory at a time
     result = {
         "task": "chat",
-        "run": str(run),
-        "models": {"base": cfg.model, "tuned": str(run)},
+        "run": str(run.path),
+        "models": {"base": cfg.model, "tuned": str(run.path)},
         "data": {"source": data or cfg.data, "split": split, "conversations": len(conversations),
                  "pairs": len(pairs)},
         "sampling": {"temperature": 0, "max_new_tokens": sampling.max_new_tokens, "seed": cfg.seed},
@@ -105,64 +110,50 @@ def evaluate_run(run: str | Path, *, data: str | None = None, split: str = "eval
         "examples": _examples(pairs, scored),
         "seconds": round(time.time() - started, 1),
     }
-    atomic_write_json(run / "eval.json", result)
-    write_report(run)
+    atomic_write_json(run.eval_path, result)
+    write_report(run.path)
     return result
 
 
-def load_run_config(run: Path) -> TrainConfig:
-    if not (run / "config.yaml").is_file():
-        raise InputError(f"{run}: not a chattune run folder (no config.yaml); give the folder `chattune train` wrote")
-    return load_config(run / "config.yaml")
-
-
-def eval_conversations(cfg: TrainConfig, data: str | None, split: str) -> list:
+def eval_conversations(cfg: ChatConfig, data: str | None, split: str) -> list[Conversation]:
     """The conversations to score: `data` when given, else the run's own split, exactly as training made it."""
-    from chattune.train.sft import load_split
-
     if split not in ("eval", "train"):
         raise InputError(f"--split {split!r}: use 'eval' (held-out conversations) or 'train'")
     if data is not None:
         options = dict(prompt_column=cfg.prompt_column, response_column=cfg.response_column,
                        first_speaker=cfg.first_speaker)
-        return _with_system(cfg.system_prompt, load_conversations(data, **options)[0])
-    train_set, eval_set, _ = load_split(cfg)  # the same read, cleaning, seeded split and eval_limit as training
+        return [with_system(c, cfg.system_prompt) for c in load_conversations(data, **options)[0]]
+    train_set, eval_set, _ = load_chat_split(cfg)  # the same read, cleaning, seeded split and eval_limit as training
     return eval_set if split == "eval" else train_set
 
 
-def _with_system(prompt: str | None, conversations: list) -> list:
-    if not prompt:
-        return conversations
-    return [c if c[0]["role"] == "system" else [{"role": "system", "content": prompt}, *c] for c in conversations]
-
-
-def _load_system(run: Path, cfg: TrainConfig, name: str) -> Chatbot:
-    from chattune.inference import load_chatbot
+def _load_system(run: Run, cfg: ChatConfig, name: str) -> HFBackend:
     from chattune.models import load_model
 
     if name == "tuned":
-        return load_chatbot(str(run))
+        return load_hf_backend(str(run.path))
     model, tokenizer = load_model(cfg.model)
-    return Chatbot(model, tokenizer, cfg.system_prompt)
+    return HFBackend(model, tokenizer, cfg.system_prompt)
 
 
-def _score_system(chatbot: Chatbot, cfg: TrainConfig, conversations, pairs: list[ReplyPair], sampling: Sampling,
-                  encoder: SentenceEncoder, batch_size: int, console: Console, name: str) -> dict:
-    """Per-example items of every metric in METRICS, plus the replies themselves."""
-    examples, _ = tokenize_conversations(chatbot.tokenizer, conversations, cfg.max_length, cfg.loss_on)
+def _likelihoods(backend: HFBackend, cfg: ChatConfig, conversations: list[Conversation]) -> list[dict]:
+    examples, _ = tokenize_conversations(backend.tokenizer, conversations, cfg.max_length, cfg.loss_on)
     if not examples:
         raise InputError(f"eval data: no conversation has a reply within max_length={cfg.max_length} tokens")
-    likelihoods = conversation_likelihoods(chatbot.model, examples, PadCollator(chatbot.tokenizer.pad_token_id),
-                                           cfg.eval_batch_size)
-    replies = generate_replies(chatbot, pairs, sampling, batch_size=batch_size, label=f"eval {name}", console=console)
+    return conversation_likelihoods(backend.model, examples, PadCollator(backend.tokenizer.pad_token_id),
+                                    cfg.eval_batch_size)
+
+
+def _score_replies(likelihoods: list[dict], replies: list[Reply], pairs: list[ReplyPair], encoder: SentenceEncoder,
+                   console: Console, name: str) -> dict:
+    """Per-example items of every metric in METRICS, plus the replies themselves."""
     texts, references = [reply.text for reply in replies], [pair.reference for pair in pairs]
     toxic = toxicity(texts)
-    rouge = text_metrics.rouge_f1(texts, references)
     word_lists = [text_metrics.words(text) for text in texts]
     items = {
         "loss": likelihoods, "perplexity": likelihoods, "token_accuracy": likelihoods,
         "bleu": text_metrics.bleu_stats(texts, references), "chrf": text_metrics.chrf_stats(texts, references),
-        **rouge,
+        **text_metrics.rouge_f1(texts, references),
         "relevance_reference": cosine_similarities(encoder, texts, references),
         "relevance_context": cosine_similarities(encoder, texts, [pair.context[-1]["content"] for pair in pairs]),
         "toxicity": toxic, "toxic_rate": [float(p > TOXIC_THRESHOLD) for p in toxic],

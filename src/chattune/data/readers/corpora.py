@@ -22,10 +22,14 @@ CORPORA = {
     "chitchat": ("chitchat_dataset", "chitchat-dataset"),
     "chatterbot": ("chatterbot_corpus", "chatterbot-corpus"),
 }
+TOPICS_CORPUS = "chatterbot-topics"  # labelled: chatterbot's questions, each labelled with its category file
+# chatterbot categories with fewer distinct questions are dropped (health has 1, humor 2, gossip 6): a class needs
+# a few examples on both sides of the split to be learnable and measurable.
+MIN_TOPIC_QUESTIONS = 8
 
 
 def _package_dir(name: str) -> Path:
-    module, pip_name = CORPORA[name]
+    module, pip_name = CORPORA["chatterbot" if name == TOPICS_CORPUS else name]
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise InputError(f"{name}: the {name} corpus needs its package; run: pip install {pip_name}")
@@ -63,3 +67,16 @@ def read_corpus(name: str, report: DataReport) -> list[Conversation]:
     report.format = name
     package = _package_dir(name)
     return _chitchat(package) if name == "chitchat" else _chatterbot(package)
+
+
+def read_topic_questions(report: DataReport) -> list[tuple[str, str]]:
+    """(question, topic) rows: the first utterance (the user's question) of each chatterbot-corpus English
+    conversation, labelled with the name of its category file (ai, food, sports, ...)."""
+    report.format = TOPICS_CORPUS
+    rows = []
+    for path in sorted((_package_dir(TOPICS_CORPUS) / "data" / "english").glob("*.yml")):
+        conversations = yaml.safe_load(path.read_text(encoding="utf-8"))["conversations"]
+        questions = {str(conversation[0]).strip(): None for conversation in conversations}
+        if len({question.lower() for question in questions}) >= MIN_TOPIC_QUESTIONS:
+            rows += [(question, path.stem) for question in questions]
+    return rows

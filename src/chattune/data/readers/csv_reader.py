@@ -30,29 +30,42 @@ def _delimiter(text: str) -> str:
         return max(DELIMITERS, key=header.count)
 
 
-def read_csv(
-    path: Path, report: DataReport, *, prompt_column: str | None = None, response_column: str | None = None
-) -> list[Conversation]:
-    """One conversation per data row; the header names the columns."""
+def csv_records(path: Path, report: DataReport, pick_columns) -> list[tuple[str, dict]]:
+    """(where, record) per data row, the header naming the fields; `pick_columns(header)` returns the columns the
+    caller reads, which every row must reach (a short row usually means a wrong delimiter or a broken quote)."""
     text = read_utf8_or_cp1252(path, report)
     delimiter = _delimiter(text)
     report.format = "tsv" if delimiter == "\t" else "csv"
     rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)  # newline="": quoted fields keep their \r\n
     try:
         header = next(rows, [])
-        prompt, response = find_columns(header, prompt_column, response_column, str(path))
-        needed = max(header.index(prompt), header.index(response)) + 1
-        conversations = []
+        columns = pick_columns(header)
+        needed = max(header.index(column) for column in columns) + 1
+        records = []
         for row in rows:
             if not row:  # blank line
                 continue
             if len(row) < needed:
                 raise InputError(
-                    f"{path}:{rows.line_num}: row has {len(row)} fields but {response!r} is field {needed} of "
+                    f"{path}:{rows.line_num}: row has {len(row)} fields but {columns[-1]!r} is field {needed} of "
                     f"{len(header)}; check the delimiter {delimiter!r} and the quoting on that line"
                 )
-            record = dict(zip(header, row))
-            conversations.append(pair_to_conversation(record, prompt, response, f"{path}:{rows.line_num}"))
+            records.append((f"{path}:{rows.line_num}", dict(zip(header, row))))
     except csv.Error as error:
         raise InputError(f"{path}:{rows.line_num}: not valid CSV ({error}); fix the quoting on that line") from None
-    return conversations
+    return records
+
+
+def read_csv(
+    path: Path, report: DataReport, *, prompt_column: str | None = None, response_column: str | None = None
+) -> list[Conversation]:
+    """One conversation per data row; the header names the columns."""
+    columns: tuple[str, str] = ("", "")
+
+    def pick(header: list[str]) -> tuple[str, str]:
+        nonlocal columns
+        columns = find_columns(header, prompt_column, response_column, str(path))
+        return columns
+
+    records = csv_records(path, report, pick)
+    return [pair_to_conversation(record, *columns, where) for where, record in records]

@@ -15,7 +15,8 @@ from chattune.data.report import DataReport
 from chattune.errors import InputError
 
 
-def _load(path: Path, report: DataReport):
+def hf_rows(path: Path, report: DataReport):
+    """The rows of the dataset's train split (or its only split), as dicts."""
     import datasets
 
     try:
@@ -41,7 +42,7 @@ def read_hf_dataset(
 ) -> list[Conversation]:
     """One conversation per row; report.format is "<kind>-hf", e.g. "prompt-response-hf"."""
     kinds, conversations = set(), []
-    for index, row in enumerate(_load(path, report)):
+    for index, row in enumerate(hf_rows(path, report)):
         kind, conversation = record_to_conversation(row, f"{path}: row {index + 1}", prompt_column, response_column)
         kinds.add(kind)
         conversations.append(conversation)

@@ -48,7 +48,7 @@ def _document_records(path: Path, document: object) -> list[tuple[str, object]]:
     return [(f"{path}: record {index + 1}", record) for index, record in enumerate(document)]
 
 
-def _records(path: Path, text: str) -> tuple[str, list[tuple[str, object]]]:
+def json_records(path: Path, text: str) -> tuple[str, list[tuple[str, object]]]:
     """("jsonl" or "json", [(where, record), ...]); a .json file holding JSON Lines is read as JSON Lines."""
     if path.suffix.lower() == ".jsonl":
         return "jsonl", _jsonl_records(path, text)
@@ -65,7 +65,7 @@ def read_json_records(
     path: Path, report: DataReport, *, prompt_column: str | None = None, response_column: str | None = None
 ) -> list[Conversation]:
     """One conversation per record; report.format is "<kind>-<jsonl|json>", e.g. "sharegpt-jsonl"."""
-    container, records = _records(path, read_utf8(path))
+    container, records = json_records(path, read_utf8(path))
     kinds, conversations = set(), []
     for where, record in records:
         kind, conversation = record_to_conversation(record, where, prompt_column, response_column)

@@ -1,0 +1,113 @@
+"""Read labelled texts, `(text, label)` rows, for classification: the same readers as conversations, other columns.
+
+    rows, report = read_labelled("intents.csv")                  # text/label columns found by name
+    rows, report = read_labelled("chatterbot-topics")            # the built-in topic corpus
+    train, evaluation, report = load_labelled_split(cfg)         # a ClassifyConfig: split stratified by label
+
+CSV/TSV (delimiter sniffed, cp1252 fallback), JSONL/JSON and parquet/arrow/datasets folders are read by the
+chat readers (`data/readers`); only the columns differ. Every problem raises InputError naming the file, line and
+column.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chattune.data.readers.corpora import TOPICS_CORPUS, read_topic_questions
+from chattune.data.readers.csv_reader import csv_records
+from chattune.data.readers.hf_reader import hf_rows
+from chattune.data.readers.jsonl_reader import json_records
+from chattune.data.readers.text import read_utf8
+from chattune.data.report import DataReport
+from chattune.data.split import split_by_label
+from chattune.errors import InputError
+
+# Column names recognised without text_column/label_column, first match wins, case-insensitive.
+TEXT_COLUMNS = ("text", "sentence", "utterance", "question", "query", "prompt", "input")
+LABEL_COLUMNS = ("label", "intent", "category", "topic", "class")
+
+Row = tuple[str, str]  # (text, label)
+
+
+def _column(names: list[str], wanted: str | None, candidates: tuple[str, ...], kind: str, where: str) -> str:
+    by_lower = {str(name).strip().lower(): name for name in reversed(names)}  # the first of duplicate names wins
+    for name in [wanted] if wanted else candidates:
+        if name.strip().lower() in by_lower:
+            return by_lower[name.strip().lower()]
+    flag = f"--set {kind}_column=NAME"
+    if wanted:
+        raise InputError(f"{where}: no column {wanted!r} (columns: {', '.join(map(str, names))}); fix {flag}")
+    raise InputError(f"{where}: {kind}s missing: no {'/'.join(candidates)} column among: "
+                     f"{', '.join(map(str, names))}; name it with {flag}")
+
+
+def _field(record: dict, key: str, where: str) -> str:
+    value = record.get(key)
+    if value is None or isinstance(value, (dict, list)) or not str(value).strip():
+        raise InputError(f"{where}: {key!r} is empty or not text; every row needs a text and a label")
+    return str(value).strip()
+
+
+def _records(path: Path, report: DataReport, columns) -> list[tuple[str, dict]]:
+    suffix = path.suffix.lower()
+    if path.is_dir() or suffix in (".parquet", ".arrow"):
+        report.format = "labelled-hf"
+        return [(f"{path}: row {index + 1}", row) for index, row in enumerate(hf_rows(path, report))]
+    if suffix in (".csv", ".tsv"):
+        return csv_records(path, report, columns)
+    container, records = json_records(path, read_utf8(path))
+    report.format = f"labelled-{container}"
+    for where, record in records:
+        if not isinstance(record, dict):
+            raise InputError(f"{where}: expected a JSON object per record, got {type(record).__name__}")
+    return records
+
+
+def read_labelled(source: str, text_column: str | None = None, label_column: str | None = None, *,
+                  limit: int | None = None) -> tuple[list[Row], DataReport]:
+    """(text, label) rows in file order, a repeated text kept once (its first label), and the report."""
+    report = DataReport(format="labelled", source=source)
+    if source == TOPICS_CORPUS and not Path(source).exists():
+        rows = read_topic_questions(report)
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise InputError(f"{source}: no such file; give a CSV/TSV/JSONL/JSON/parquet with text and label "
+                             f"columns, or the built-in corpus {TOPICS_CORPUS}")
+        keys: list[str] = []
+
+        def columns(names: list[str]) -> list[str]:
+            keys[:] = [_column(names, text_column, TEXT_COLUMNS, "text", str(path)),
+                       _column(names, label_column, LABEL_COLUMNS, "label", str(path))]
+            return keys
+
+        records = _records(path, report, columns)
+        if not records:
+            raise InputError(f"{path}: no rows")
+        if not keys:  # JSON and datasets rows: the first record names the columns
+            columns(list(records[0][1]))
+        rows = [(_field(record, keys[0], where), _field(record, keys[1], where)) for where, record in records]
+    rows = rows[:limit]
+    report.conversations_read = len(rows)
+    unique: dict[str, str] = {}
+    for text, label in rows:
+        unique.setdefault(text, label)
+    if len(rows) > len(unique):
+        report.drop("duplicate", len(rows) - len(unique))
+    report.conversations = len(unique)
+    return list(unique.items()), report
+
+
+def load_labelled_split(cfg) -> tuple[list[Row], list[Row], dict]:
+    """(train, eval, report) for a ClassifyConfig: `eval_data` when given, else a stratified seeded split."""
+    rows, data_report = read_labelled(cfg.data, cfg.text_column, cfg.label_column, limit=cfg.limit)
+    eval_report = None
+    if cfg.eval_data is not None:
+        train = rows
+        evaluation, eval_report = read_labelled(cfg.eval_data, cfg.text_column, cfg.label_column)
+    else:
+        train, evaluation = split_by_label(rows, cfg.eval_fraction, cfg.seed, source=cfg.data)
+    evaluation = evaluation[: cfg.eval_limit]
+    report = {"data": data_report.to_dict(), "eval_data": eval_report.to_dict() if eval_report else None,
+              "train_texts": len(train), "eval_texts": len(evaluation)}
+    return train, evaluation, report

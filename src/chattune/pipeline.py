@@ -1,0 +1,68 @@
+"""The stages composed: what `chattune train` and `chattune eval` run for each task.
+
+    result = train_and_evaluate(load_config("configs/demo.yaml"), Path("runs/demo"))
+    result["evaluation"]["metrics"]       # eval.json: base vs tuned with intervals (None when eval_replies is 0)
+
+Training (chattune.train) and evaluation (chattune.evaluate) never import each other; this module hands what
+training measured (the held-out conversations and their base/tuned likelihoods) to the evaluation, so nothing is
+read or scored twice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from chattune.config import ChatConfig, ClassifyConfig, TaskConfig
+from chattune.errors import InputError
+from chattune.runs import Run
+
+
+def train_and_evaluate(cfg: TaskConfig, run: Path, *, resume: bool = False, overwrite: bool = False,
+                       merge: bool = False, console: Console | None = None) -> dict:
+    """Train the config's task into `run`, then evaluate it; returns {"run", "task", "metrics", "evaluation"}."""
+    console = console or Console(stderr=True)
+    if isinstance(cfg, ClassifyConfig):
+        if resume:
+            raise InputError("--resume: classification runs restart from scratch (they take minutes); drop --resume")
+        return _classify(cfg, run, overwrite, console)
+    return _chat(cfg, run, resume, overwrite, merge, console)
+
+
+def _chat(cfg: ChatConfig, run: Path, resume: bool, overwrite: bool, merge: bool, console: Console) -> dict:
+    from chattune.evaluate.run import evaluate_run
+    from chattune.train.sft import train
+
+    held_out = train(cfg, run, resume=resume, overwrite=overwrite, merge=merge, console=console)
+    folder = Run.open(run)
+    evaluation = None
+    if cfg.eval_replies:  # base vs tuned replies with bootstrap intervals -> RUN/eval.json, RUN/report.html
+        evaluation = evaluate_run(folder, limit=cfg.eval_replies, compare_base=True, held_out=held_out,
+                                  console=console)
+    return {"run": run, "task": cfg.task, "metrics": folder.metrics(), "evaluation": evaluation}
+
+
+def _classify(cfg: ClassifyConfig, run: Path, overwrite: bool, console: Console) -> dict:
+    from chattune.evaluate.classify import evaluate_classifier
+    from chattune.train.classify import train_classifier
+
+    train_classifier(cfg, run, overwrite=overwrite, console=console)
+    folder = Run.open(run)
+    return {"run": run, "task": cfg.task, "metrics": folder.metrics(),
+            "evaluation": evaluate_classifier(folder, console=console)}
+
+
+def evaluate(run: str | Path, *, data: str | None = None, split: str = "eval", limit: int | None = None,
+             compare_base: bool = False, max_new_tokens: int | None = None, batch_size: int = 8,
+             console: Console | None = None) -> dict:
+    """`chattune eval RUN`: score any run folder with its task's evaluation; returns what eval.json holds."""
+    folder = Run.open(run)
+    if folder.task == "classify":
+        from chattune.evaluate.classify import evaluate_classifier
+
+        return evaluate_classifier(folder, data=data, split=split, limit=limit, console=console)
+    from chattune.evaluate.run import evaluate_run
+
+    return evaluate_run(folder, data=data, split=split, limit=limit, compare_base=compare_base,
+                        max_new_tokens=max_new_tokens, batch_size=batch_size, console=console)

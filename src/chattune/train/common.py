@@ -1,0 +1,146 @@
+"""What every training task shares: the run folder, TrainingArguments from the config, LoRA, callbacks, the Trainer.
+
+    checkpoint = prepare_run_folder(run, resume=False, overwrite=False)   # refuse / overwrite / resume
+    with cleanup_on_failure(run, fresh=checkpoint is None):
+        trainer = build_trainer(cfg, run, model, tokenizer, train_set, eval_set, collator, RichProgress(console))
+
+A task (sft.py, classify.py) is one file that reads top to bottom and calls these; nothing here knows a task.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from chattune.errors import InputError
+from chattune.runs import Run
+from chattune.train.callbacks import CheckpointMarker, MetricsLog, last_complete_checkpoint
+
+
+def check_output_folder(run: Path) -> None:
+    """Refuse an output path that cannot become a run folder, before anything heavy loads: an existing file, a
+    path under a file, a read-only or virtual file system (/proc, /sys), a folder without write permission."""
+    if run.exists() and not run.is_dir():
+        raise InputError(f"--output {run}: exists and is not a folder; give a folder path for the run")
+    parent = run if run.exists() else run.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"--output {run}: {parent} is a file, so no folder can be made under it")
+    try:  # os.access says yes to root on read-only mounts and on /proc: try the real thing
+        probe = tempfile.mkdtemp(dir=parent, prefix=".chattune-probe-")
+        os.rmdir(probe)
+    except OSError as error:
+        raise InputError(f"--output {run}: cannot write in {parent} ({error.strerror}); choose another folder") \
+            from None
+
+
+def prepare_run_folder(run: Path, *, resume: bool, overwrite: bool) -> Path | None:
+    """Return the checkpoint to resume from (or None for a new run); refuse to clobber an existing run."""
+    check_output_folder(run)
+    if resume:
+        checkpoints = Run(run).checkpoints_dir
+        checkpoint = last_complete_checkpoint(checkpoints) if checkpoints.is_dir() else None
+        if checkpoint is None:
+            raise InputError(f"{run}: no complete checkpoint to resume from; start a new run without --resume")
+        return checkpoint
+    if run.exists() and any(run.iterdir()):
+        if not overwrite:
+            raise InputError(f"{run}: run folder exists; pass --overwrite to replace it, or --resume to continue it")
+        shutil.rmtree(run)
+    run.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+@contextmanager
+def cleanup_on_failure(run: Path, *, fresh: bool) -> Iterator[None]:
+    """A new run that fails before it has a complete checkpoint is removed, so the same command can be repeated;
+    one with a checkpoint stays for --resume. A resumed run is never removed."""
+    try:
+        yield
+    except BaseException:
+        checkpoints = Run(run).checkpoints_dir
+        if fresh and not (checkpoints.is_dir() and last_complete_checkpoint(checkpoints)):
+            shutil.rmtree(run, ignore_errors=True)
+        raise
+
+
+def lora_config(cfg, task_type: str = "CAUSAL_LM"):
+    """The PEFT LoraConfig of a run (also handed to TRL by the benchmark, so both train the same adapter).
+    SEQ_CLS also trains (and saves) a new classification head in full."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.target_modules, task_type=task_type)
+
+
+def add_lora(model, cfg, task_type: str = "CAUSAL_LM"):
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(cfg, task_type))
+
+
+def training_arguments(cfg, run: Path, **task_arguments):
+    """transformers' TrainingArguments from the shared config fields; a task adds or overrides its own
+    (precision, the metric that picks the best checkpoint, ...)."""
+    from transformers import TrainingArguments
+
+    arguments = dict(
+        output_dir=str(Run(run).checkpoints_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a share of the total steps
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        eval_strategy="steps",
+        eval_steps=cfg.eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.eval_steps,  # every evaluation can become the best checkpoint
+        save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=cfg.logging_steps,
+        report_to="none",  # TensorBoard is written by our own callback into RUN/tensorboard
+        disable_tqdm=True,  # RichProgress draws the bar
+        seed=cfg.seed,
+    )
+    return TrainingArguments(**{**arguments, **task_arguments})
+
+
+def build_trainer(cfg, run: Path, model, tokenizer, train_set, eval_set, collator, progress, *,
+                  trainer_class=None, compute_metrics=None, **task_arguments):
+    """A Trainer with the shared callbacks: progress, metrics.jsonl, checkpoint markers, TensorBoard, early stop."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers import EarlyStoppingCallback, PrinterCallback, Trainer
+    from transformers.integrations import TensorBoardCallback
+
+    run_folder = Run(run)
+    callbacks = [progress, MetricsLog(run_folder.metrics_log_path), CheckpointMarker(),
+                 TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_folder.tensorboard_dir)))]
+    if cfg.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    trainer = (trainer_class or Trainer)(
+        model=model, args=training_arguments(cfg, run, **task_arguments), data_collator=collator,
+        train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer, compute_metrics=compute_metrics,
+        callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # RichProgress prints instead of raw log dicts
+    return trainer
+
+
+def save_weights(model, tokenizer, folder: Path) -> None:
+    """Weights and tokenizer (with its chat template) into `folder`, atomically."""
+    from chattune.files import atomic_directory
+
+    with atomic_directory(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
