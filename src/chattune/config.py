@@ -1,14 +1,18 @@
-"""Training configuration: typed dataclasses, one YAML file, and `--set key=value` overrides.
+"""Training configuration: a typed dataclass per task over a shared base, one YAML file, `--set key=value` overrides.
 
-    cfg = load_config("configs/demo.yaml", ["max_steps=2", "lora.r=8"])
+    cfg = load_config("configs/demo.yaml", ["max_steps=2", "lora.r=8"])   # a ChatConfig (task: chat is the default)
+    cfg = load_config("configs/classify.yaml")                            # a ClassifyConfig
 
-Every field has a default, so an empty config trains the default model on the default corpus. The resolved
-config is written into every run folder (`config.yaml`) so the run describes itself.
+Every field has a default, so no config at all trains the default model on the default corpus. Every value is
+checked here, at the edge, before any model or data loads: a wrong type, range or choice is one InputError that
+names the key, the value and what is allowed. The resolved config is written into every run folder
+(`config.yaml`) so the run describes itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +20,13 @@ from typing import Any
 import yaml
 
 from chattune.errors import InputError
+
+# transformers' SchedulerType values (tests/test_config.py checks this list against transformers itself; naming
+# them here keeps a typo from surfacing only after the model has loaded).
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+              "warmup_stable_decay", "greedy")
+MAX_SEED = 2**32 - 1  # numpy's seed range, which transformers' set_seed also seeds
 
 
 @dataclass
@@ -26,54 +37,112 @@ class LoraSettings:
     target_modules: str | list[str] = "all-linear"  # adapt every linear layer: better than q/v only at equal cost
 
     def __post_init__(self) -> None:
-        _check(self.r > 0, "lora.r", "must be a positive integer")
-        _check(0.0 <= self.dropout < 1.0, "lora.dropout", "must be in [0, 1)")
+        check_types(self, "lora.")
+        _check(self.r > 0, "lora.r", self.r, "a positive integer")
+        _check(self.alpha > 0, "lora.alpha", self.alpha, "a positive integer")
+        _check(0.0 <= self.dropout < 1.0, "lora.dropout", self.dropout, "a number in [0, 1)")
+        # peft reads any other string as a regular expression, so a typo would only fail after the model loads
+        names = self.target_modules
+        _check(names == "all-linear" or (isinstance(names, list) and names and all(n.strip() for n in names)),
+               "lora.target_modules", names, "'all-linear' or a list of module names, e.g. [q_proj, v_proj]")
 
 
 @dataclass
 class TrainConfig:
-    # "chat" fine-tunes a causal LM on conversations; "classify" fine-tunes an encoder (or LM) with a classification
-    # head on (text, label) rows, for intent/topic routing. One config type: both share data, split and optimiser.
-    task: str = "chat"
+    """What every task shares: data, split, base model, optimiser, evaluation and checkpoint schedule."""
+
+    task: str = "chat"  # what to train: chat (a causal LM on conversations) or classify (texts -> labels)
     # --- data ---
     data: str = "chitchat"  # a file/folder (CSV, TSV, JSONL, JSON, ShareGPT, transcript .txt) or corpus name
-    eval_data: str | None = None  # separate held-out data; None splits `data` by conversation
-    eval_fraction: float = 0.2  # share of conversations held out when eval_data is None
-    limit: int | None = None  # read only the first N conversations (a quick slice of a big corpus)
-    eval_limit: int | None = None  # evaluate on at most N held-out conversations (keeps evals fast)
-    prompt_column: str | None = None  # CSV/TSV column with the user's text (auto-detected when None)
-    response_column: str | None = None  # CSV/TSV column with the reply (auto-detected when None)
-    text_column: str | None = None  # classify: CSV/JSONL column with the text (auto-detected when None)
-    label_column: str | None = None  # classify: CSV/JSONL column with the label (auto-detected when None)
-    first_speaker: str = "user"  # transcripts: role of the first speaker of each conversation
-    system_prompt: str | None = None  # added as the system turn of conversations that have none
+    eval_data: str | None = None  # separate held-out data; None splits `data` (by conversation, or by label)
+    eval_fraction: float = 0.2  # share held out when eval_data is None
+    limit: int | None = None  # read only the first N records (a quick slice of a big corpus); None: all
+    eval_limit: int | None = None  # evaluate on at most N held-out records (keeps evals fast); None: all
     # --- model ---
-    model: str = "smollm2-135m-instruct"  # HF id, local folder, or the built-in offline alias
+    model: str = "smollm2-135m-instruct"  # HF id, local folder, or a built-in offline alias
     method: str = "lora"  # "lora" trains a small adapter; "full" trains every weight
     lora: LoraSettings = field(default_factory=LoraSettings)
-    max_length: int = 512  # tokens per conversation; longer ones are cut at the end
+    max_length: int = 512  # tokens per example; longer ones are cut at the end
+    # --- optimisation ---
+    epochs: float = 1.0  # passes over the training data (ignored when max_steps > 0)
+    max_steps: int = -1  # stop after this many optimizer steps; -1 means use epochs
+    learning_rate: float | None = None  # None: 2e-4 for LoRA, 2e-5 for full fine-tuning (the usual stable values)
+    lr_scheduler: str = "cosine"  # a transformers scheduler name: linear, cosine, constant, ...
+    warmup_ratio: float = 0.05  # share of steps spent warming the learning rate up from 0
+    batch_size: int = 8  # examples per device step
+    gradient_accumulation: int = 1  # steps accumulated before each optimizer update
+    weight_decay: float = 0.0  # LoRA adapters rarely need it; set ~0.01 for full fine-tuning
+    max_grad_norm: float = 1.0  # clip gradients at this norm; 0 disables clipping
+    seed: int = 42  # data split, initialisation of adapters, and sampling
+    # --- evaluation and checkpoints ---
+    eval_steps: int = 50  # evaluate (and checkpoint) every N steps
+    early_stopping_patience: int = 3  # stop after N evaluations without a better eval metric; 0 disables
+    save_total_limit: int = 2  # checkpoints kept on disk (the best one is always kept)
+    logging_steps: int = 10  # log train loss every N steps
+    eval_batch_size: int = 8  # examples per evaluation batch
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.lora, LoraSettings):
+            self.lora = _build(LoraSettings, self.lora, "lora.")
+        check_types(self)
+        _check(self.task == TASK_OF.get(type(self)), "task", self.task, f"{TASK_OF.get(type(self))!r} for this config")
+        _check(bool(self.data.strip()), "data", self.data, "a file, folder or corpus name")
+        _check(self.eval_data is None or bool(self.eval_data.strip()), "eval_data", self.eval_data,
+               "a file, folder or corpus name, or null")
+        _check(0.0 < self.eval_fraction < 1.0, "eval_fraction", self.eval_fraction, "a number between 0 and 1")
+        _check(self.limit is None or self.limit > 0, "limit", self.limit, "a positive integer, or null for all")
+        _check(self.eval_limit is None or self.eval_limit > 0, "eval_limit", self.eval_limit,
+               "a positive integer, or null for all")
+        _check_model(self.model)
+        _check(self.method in ("lora", "full"), "method", self.method, "'lora' or 'full'")
+        _check(self.max_length >= 16, "max_length", self.max_length, "an integer of at least 16 tokens")
+        self._check_optimisation()
+        self._check_schedule()
+        if self.learning_rate is None:
+            self.learning_rate = 2e-4 if self.method == "lora" else 2e-5
+
+    def _check_optimisation(self) -> None:
+        _check(self.epochs > 0, "epochs", self.epochs, "a positive number")
+        _check(self.max_steps == -1 or self.max_steps > 0, "max_steps", self.max_steps,
+               "a positive integer, or -1 to train for `epochs`")
+        _check(self.learning_rate is None or self.learning_rate > 0, "learning_rate", self.learning_rate,
+               "a positive number, or null for the method's default")
+        _check(self.lr_scheduler in SCHEDULERS, "lr_scheduler", self.lr_scheduler, f"one of {', '.join(SCHEDULERS)}")
+        _check(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", self.warmup_ratio, "a share of the steps in [0, 1)")
+        _check(self.batch_size > 0, "batch_size", self.batch_size, "a positive integer")
+        _check(self.gradient_accumulation > 0, "gradient_accumulation", self.gradient_accumulation,
+               "a positive integer")
+        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        _check(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, "a number >= 0 (0 disables clipping)")
+        _check(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
+
+    def _check_schedule(self) -> None:
+        _check(self.eval_steps > 0, "eval_steps", self.eval_steps, "a positive integer")
+        _check(self.early_stopping_patience >= 0, "early_stopping_patience", self.early_stopping_patience,
+               "an integer >= 0 (0 disables early stopping)")
+        _check(self.save_total_limit >= 1, "save_total_limit", self.save_total_limit,
+               "a positive integer (the best checkpoint is always kept)")
+        _check(self.logging_steps > 0, "logging_steps", self.logging_steps, "a positive integer")
+        _check(self.eval_batch_size > 0, "eval_batch_size", self.eval_batch_size, "a positive integer")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ChatConfig(TrainConfig):
+    """task: chat — fine-tune a causal LM on conversations (train/sft.py)."""
+
+    task: str = "chat"
+    prompt_column: str | None = None  # CSV/TSV column with the user's text (auto-detected when None)
+    response_column: str | None = None  # CSV/TSV column with the reply (auto-detected when None)
+    first_speaker: str = "user"  # transcripts: role of the first speaker of each conversation
+    system_prompt: str | None = None  # added as the system turn of conversations that have none
     loss_on: str = "assistant"  # "assistant": learn the replies only; "all": every token
     # --- speed (train/fast.py; each trick computes the same loss as the plain path) ---
     packing: bool = True  # pack conversations into max_length rows without cross-attention: no compute on padding
     precision: str = "auto"  # "auto": bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32
     compile: bool = False  # torch.compile the decoder layers: ~1 min up front, then faster steps (see README Speed)
-    # --- optimisation ---
-    epochs: float = 1.0  # passes over the training data (ignored when max_steps > 0)
-    max_steps: int = -1  # stop after this many optimizer steps; -1 means use epochs
-    learning_rate: float | None = None  # None: 2e-4 for LoRA, 2e-5 for full fine-tuning (the usual stable values)
-    lr_scheduler: str = "cosine"  # any transformers scheduler name: linear, cosine, constant, ...
-    warmup_ratio: float = 0.05  # share of steps spent warming the learning rate up from 0
-    batch_size: int = 8  # conversations per device step
-    gradient_accumulation: int = 1  # steps accumulated before each optimizer update
-    weight_decay: float = 0.0  # LoRA adapters rarely need it; set ~0.01 for full fine-tuning
-    max_grad_norm: float = 1.0  # clip gradients at this norm
-    seed: int = 42  # data split, initialisation of adapters, and sampling
-    # --- evaluation and checkpoints ---
-    eval_steps: int = 50  # evaluate (and checkpoint) every N steps
-    early_stopping_patience: int = 3  # stop after N evaluations without a better eval loss; 0 disables
-    save_total_limit: int = 2  # checkpoints kept on disk (the best one is always kept)
-    logging_steps: int = 10  # log train loss every N steps
-    eval_batch_size: int = 8  # conversations per evaluation batch
     # After training, base and tuned models reply to this many held-out conversations for BLEU/ROUGE/toxicity/
     # relevance with bootstrap intervals (RUN/eval.json, RUN/report.html); 0 skips it. 64 pairs take ~1 min for
     # SmolLM2-135M on 2 CPU cores and give intervals narrow enough to tell a real change from noise.
@@ -81,98 +150,198 @@ class TrainConfig:
     eval_max_new_tokens: int = 64  # longest generated reply in the evaluation; most chat replies end well before
 
     def __post_init__(self) -> None:
-        if isinstance(self.lora, dict):
-            self.lora = _build(LoraSettings, self.lora, "lora.")
-        _check(self.task in ("chat", "classify"), "task", "must be 'chat' or 'classify'")
-        if self.task == "classify":  # the chat defaults make no classifier: swap in labelled data and an encoder
-            self.data = "chatterbot-topics" if self.data == "chitchat" else self.data
-            self.model = "all-minilm-l6-v2" if self.model == "smollm2-135m-instruct" else self.model
-        _check(self.eval_replies >= 0, "eval_replies", "must be >= 0 (0 skips the evaluation after training)")
-        _check(self.eval_max_new_tokens > 0, "eval_max_new_tokens", "must be positive")
-        _check(self.method in ("lora", "full"), "method", "must be 'lora' or 'full'")
-        _check(self.loss_on in ("assistant", "all"), "loss_on", "must be 'assistant' or 'all'")
-        _check(self.precision in ("auto", "bf16", "fp32"), "precision", "must be 'auto', 'bf16' or 'fp32'")
-        _check(self.first_speaker in ("user", "assistant"), "first_speaker", "must be 'user' or 'assistant'")
-        _check(0.0 < self.eval_fraction < 1.0, "eval_fraction", "must be between 0 and 1")
-        _check(self.max_length >= 16, "max_length", "must be at least 16 tokens")
-        _check(self.batch_size > 0 and self.gradient_accumulation > 0, "batch_size", "must be positive")
-        _check(self.max_steps > 0 or self.epochs > 0, "epochs", "must be > 0 when max_steps is not set")
-        _check(self.eval_steps > 0, "eval_steps", "must be positive")
-        if self.learning_rate is None:
-            self.learning_rate = 2e-4 if self.method == "lora" else 2e-5
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        super().__post_init__()
+        for key in ("prompt_column", "response_column"):
+            _check(getattr(self, key) is None or bool(getattr(self, key).strip()), key, getattr(self, key),
+                   "a column name, or null to find it by name")
+        _check(self.first_speaker in ("user", "assistant"), "first_speaker", self.first_speaker,
+               "'user' or 'assistant'")
+        _check(self.loss_on in ("assistant", "all"), "loss_on", self.loss_on, "'assistant' or 'all'")
+        _check(self.precision in ("auto", "bf16", "fp32"), "precision", self.precision, "'auto', 'bf16' or 'fp32'")
+        _check(self.eval_replies >= 0, "eval_replies", self.eval_replies,
+               "an integer >= 0 (0 skips the evaluation after training)")
+        _check(self.eval_max_new_tokens > 0, "eval_max_new_tokens", self.eval_max_new_tokens, "a positive integer")
 
 
-def _check(ok: bool, key: str, why: str) -> None:
+@dataclass
+class ClassifyConfig(TrainConfig):
+    """task: classify — fine-tune an encoder (or LM) with a classification head on (text, label) rows."""
+
+    task: str = "classify"
+    data: str = "chatterbot-topics"  # a CSV/TSV/JSONL/JSON with text and label columns, or this built-in corpus
+    model: str = "all-minilm-l6-v2"  # a 22M sentence encoder shipped offline; any HF encoder or causal LM works
+    text_column: str | None = None  # column with the text (auto-detected: text, sentence, utterance, ...)
+    label_column: str | None = None  # column with the label (auto-detected: label, intent, category, ...)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("text_column", "label_column"):
+            _check(getattr(self, key) is None or bool(getattr(self, key).strip()), key, getattr(self, key),
+                   "a column name, or null to find it by name")
+
+
+CONFIGS = {"chat": ChatConfig, "classify": ClassifyConfig}
+TASK_OF = {cls: task for task, cls in CONFIGS.items()}
+TaskConfig = ChatConfig | ClassifyConfig
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise InputError(f"config: {key} {why}")
+        raise InputError(f"config: {key}={_show(value)} is not allowed; use {allowed}")
 
 
-def _build(cls, values: dict[str, Any], prefix: str = ""):
-    """Build a dataclass from a dict, naming unknown keys (typos must not be silently ignored)."""
-    if not isinstance(values, dict):
-        raise InputError(f"config: {prefix.rstrip('.') or 'top level'} must be a mapping, got {values!r}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise InputError(f"config: unknown key {prefix}{unknown[0]}; known keys: {', '.join(sorted(known))}")
-    for spec in dataclasses.fields(cls):
-        if spec.name in values:
-            values[spec.name] = _number(spec, values[spec.name], prefix)
-    try:
-        return cls(**values)
-    except TypeError as error:
-        raise InputError(f"config: {error}") from None
+def _show(value: Any) -> str:
+    return "null" if value is None else repr(value)
 
 
-def _number(spec: dataclasses.Field, value: Any, prefix: str) -> Any:
-    """Check numeric fields; YAML 1.1 reads `3e-3` (no dot) as a string, so numeric strings become floats."""
-    kind = str(spec.type)
-    if value is None or not kind.startswith(("int", "float")):
+def _check_model(name: str) -> None:
+    _check(bool(name.strip()), "model", name, "an HF id, a local folder, or a built-in alias")
+    folder = Path(name)
+    if folder.is_dir() and not any((folder / f).is_file() for f in ("config.json", "adapter_config.json")):
+        raise InputError(f"config: model={name}: the folder has no config.json; give a folder saved with "
+                         "save_pretrained, an HF id, or a built-in alias")
+
+
+# --- types, from the annotations -----------------------------------------------------------------------------------
+
+def check_types(obj, prefix: str = "") -> None:
+    """Check (and gently coerce) every field against its annotation: bools are bools, numbers finite numbers."""
+    for spec in dataclasses.fields(obj):
+        kind = str(spec.type)
+        if kind == "LoraSettings":
+            continue
+        setattr(obj, spec.name, _typed(prefix + spec.name, kind, getattr(obj, spec.name)))
+
+
+_KIND_WORDS = {"str": "text", "int": "an integer", "float": "a number", "bool": "true or false",
+               "str | list[str]": "'all-linear' or a list of module names"}
+
+
+def _typed(key: str, kind: str, value: Any) -> Any:
+    allowed = set(kind.replace(" ", "").split("|"))
+    if value is None:
+        _check("None" in allowed, key, value, _KIND_WORDS.get(kind.split(" |")[0], "a value"))
+        return None
+    if "bool" in allowed:
+        _check(isinstance(value, bool), key, value, "true or false")
         return value
-    if kind.startswith("float") and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    wanted = (int,) if kind.startswith("int") else (int, float)
-    if isinstance(value, bool) or not isinstance(value, wanted):
-        raise InputError(f"config: {prefix}{spec.name} must be {kind.split(' ')[0]}, got {value!r}")
+    if "float" in allowed:
+        if isinstance(value, str):  # YAML 1.1 reads `3e-3` (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), key, value,
+               "a finite number")
+        return float(value)
+    if "int" in allowed:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, value, "an integer")
+        return value
+    if "list[str]" in allowed and isinstance(value, list):
+        _check(all(isinstance(item, str) for item in value), key, value, "a list of names")
+        return value
+    _check(isinstance(value, str), key, value, "text")
     return value
+
+
+def _build(cls, values: Any, prefix: str = ""):
+    """Build a dataclass from a mapping, naming unknown keys (typos must not be silently ignored)."""
+    if not isinstance(values, dict):
+        raise InputError(f"config: {prefix.rstrip('.') or 'the file'} must be a mapping of keys to values, "
+                         f"got {_show(values)}")
+    known = {spec.name for spec in dataclasses.fields(cls)}
+    unknown = sorted(set(map(str, values)) - known)
+    if unknown:
+        raise InputError(f"config: unknown key {prefix}{unknown[0]} for task {values.get('task', 'chat')}; "
+                         f"known keys: {', '.join(sorted(known))}")
+    return cls(**values)
+
+
+# --- YAML and overrides --------------------------------------------------------------------------------------------
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise InputError(f"{self.name}:{key_node.start_mark.line + 1}: key {key!r} appears twice; keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping in a UTF-8 YAML file; InputError (with the line) for anything else."""
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path}: not UTF-8 (byte {error.object[error.start]:#04x} at offset {error.start}); "
+                         "save the config as UTF-8") from None
+    if "\x00" in text:
+        raise InputError(f"{path}:{text[: text.index(chr(0))].count(chr(10)) + 1}: contains a NUL byte; "
+                         "is this a YAML text file?")
+    loader = _StrictLoader(text)
+    loader.name = str(path)
+    try:
+        values = loader.get_single_data()
+    except yaml.MarkedYAMLError as error:
+        raise InputError(f"{path}:{error.problem_mark.line + 1}: not valid YAML ({error.problem})") from None
+    except yaml.YAMLError as error:
+        raise InputError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    finally:
+        loader.dispose()
+    if values is None:
+        raise InputError(f"{path}: the config is empty; give at least one key, or leave the config out for defaults")
+    if not isinstance(values, dict):
+        raise InputError(f"{path}: a config must be a mapping of keys to values (key: value lines), "
+                         f"got a {type(values).__name__}")
+    return values
 
 
 def apply_override(values: dict[str, Any], assignment: str) -> None:
     """Apply one `a.b=value` override in place; the value is parsed as YAML (so 8 is an int, null is None)."""
     key, sep, raw = assignment.partition("=")
-    if not sep or not key:
+    if not sep or not key.strip():
         raise InputError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set max_steps=2")
+    if not raw.strip():
+        raise InputError(f"--set {assignment!r}: no value after '='; give one, or null to unset the key")
     *parents, leaf = key.strip().split(".")
     node = values
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise InputError(f"--set {assignment!r}: {part} is not a section")
-    node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        node[leaf] = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise InputError(f"--set {assignment!r}: the value is not valid YAML; quote it") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"{path}: config file not found")
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.MarkedYAMLError as error:
-            raise InputError(f"{path}:{error.problem_mark.line + 1}: not valid YAML ({error.problem})") from None
+# Keys that configs written by earlier versions (one config type for every task) hold for other tasks.
+_SHARED_LEGACY_KEYS = {f.name for cls in CONFIGS.values() for f in dataclasses.fields(cls)}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), *, from_run: bool = False) -> TaskConfig:
+    """The task's config from a YAML file (or defaults) and `--set` overrides; `from_run` reads a run folder's
+    config, where keys of other tasks (written by earlier versions) are dropped."""
+    values = read_yaml(Path(path)) if path is not None else {}
     for assignment in overrides:
         apply_override(values, assignment)
-    return _build(TrainConfig, values)
+    task = values.get("task", "chat")
+    if task not in CONFIGS:
+        raise InputError(f"config: task={_show(task)} is not allowed; use one of {', '.join(CONFIGS)}")
+    cls = CONFIGS[task]
+    if from_run:
+        own = {spec.name for spec in dataclasses.fields(cls)}
+        values = {key: value for key, value in values.items() if key in own or key not in _SHARED_LEGACY_KEYS}
+    return _build(cls, values)
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
     from chattune.files import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
