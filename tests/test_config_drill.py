@@ -16,6 +16,11 @@ def no_model_loads(monkeypatch):
     """Any model or tokenizer load fails the test: every case below must be refused before one."""
     import transformers
 
+    # Imported before patching, so no module binds the patched function by name and keeps it after this test.
+    import chattune.evaluate.run  # noqa: F401
+    import chattune.pipeline  # noqa: F401
+    import chattune.train.sft  # noqa: F401
+
     def refuse(*args, **kwargs):
         raise AssertionError("a model or tokenizer was loaded before the config was refused")
 
