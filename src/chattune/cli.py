@@ -83,12 +83,12 @@ def cmd_data_convert(args) -> None:
 
 
 def _train_config(args):
-    """The config to train with, validated, and the run folder checked: all before anything heavy loads."""
+    """The config to train with, validated before anything heavy loads (the run folder is checked by the task's
+    prepare_run_folder, also before any data or model)."""
     import time
 
     from chattune.config import load_config
     from chattune.runs import Run
-    from chattune.train.common import check_output_folder
 
     overrides = list(args.set)
     if args.data is not None:
@@ -96,7 +96,6 @@ def _train_config(args):
     if args.model is not None:
         overrides.append(f"model={json.dumps(args.model)}")
     run = Path(args.output or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
-    check_output_folder(run)
     if args.resume:  # a resumed run keeps the config it started with
         if not Run.is_run(run):
             raise InputError(f"{run}: not a chattune run folder (no config.yaml), nothing to resume; give --output RUN")

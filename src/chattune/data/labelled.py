@@ -17,6 +17,7 @@ from chattune.data.readers.corpora import TOPICS_CORPUS, read_topic_questions
 from chattune.data.readers.csv_reader import csv_records
 from chattune.data.readers.hf_reader import hf_rows
 from chattune.data.readers.jsonl_reader import json_records
+from chattune.data.readers.records import by_lower
 from chattune.data.readers.text import read_utf8
 from chattune.data.report import DataReport
 from chattune.data.split import split_by_label
@@ -30,10 +31,10 @@ Row = tuple[str, str]  # (text, label)
 
 
 def _column(names: list[str], wanted: str | None, candidates: tuple[str, ...], kind: str, where: str) -> str:
-    by_lower = {str(name).strip().lower(): name for name in reversed(names)}  # the first of duplicate names wins
+    by_lower_names = by_lower(names)
     for name in [wanted] if wanted else candidates:
-        if name.strip().lower() in by_lower:
-            return by_lower[name.strip().lower()]
+        if name.strip().lower() in by_lower_names:
+            return by_lower_names[name.strip().lower()]
     flag = f"--set {kind}_column=NAME"
     if wanted:
         raise InputError(f"{where}: no column {wanted!r} (columns: {', '.join(map(str, names))}); fix {flag}")

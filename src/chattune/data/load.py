@@ -93,6 +93,12 @@ def write_jsonl(conversations: list[Conversation], path: Path) -> Path:
     return Path(path)
 
 
+def reader_options(cfg) -> dict:
+    """The reader keyword arguments a ChatConfig names (columns, first speaker), for `load_conversations`."""
+    return dict(prompt_column=cfg.prompt_column, response_column=cfg.response_column,
+                first_speaker=cfg.first_speaker)
+
+
 def load_chat_split(cfg) -> tuple[list[Conversation], list[Conversation], dict]:
     """(train, eval, report) for a ChatConfig: read, clean, split by conversation (or read `eval_data`), cut the
     eval side to `eval_limit`, add the system prompt. Training and `chattune eval` both call this, so they score
@@ -100,8 +106,7 @@ def load_chat_split(cfg) -> tuple[list[Conversation], list[Conversation], dict]:
     from chattune.data.conversation import with_system
     from chattune.data.split import split_conversations
 
-    options = dict(prompt_column=cfg.prompt_column, response_column=cfg.response_column,
-                   first_speaker=cfg.first_speaker)
+    options = reader_options(cfg)
     conversations, data_report = load_conversations(cfg.data, limit=cfg.limit, **options)
     eval_report = None
     if cfg.eval_data is None:

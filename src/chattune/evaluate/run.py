@@ -27,7 +27,7 @@ from chattune.config import ChatConfig
 from chattune.data.chat import tokenize_conversations
 from chattune.data.collate import PadCollator
 from chattune.data.conversation import Conversation, with_system
-from chattune.data.load import load_chat_split, load_conversations
+from chattune.data.load import load_chat_split, load_conversations, reader_options
 from chattune.errors import InputError
 from chattune.evaluate import text_metrics
 from chattune.evaluate.bootstrap import CONFIDENCE, RESAMPLES, paired_bootstrap
@@ -120,9 +120,7 @@ def eval_conversations(cfg: ChatConfig, data: str | None, split: str) -> list[Co
     if split not in ("eval", "train"):
         raise InputError(f"--split {split!r}: use 'eval' (held-out conversations) or 'train'")
     if data is not None:
-        options = dict(prompt_column=cfg.prompt_column, response_column=cfg.response_column,
-                       first_speaker=cfg.first_speaker)
-        return [with_system(c, cfg.system_prompt) for c in load_conversations(data, **options)[0]]
+        return [with_system(c, cfg.system_prompt) for c in load_conversations(data, **reader_options(cfg))[0]]
     train_set, eval_set, _ = load_chat_split(cfg)  # the same read, cleaning, seeded split and eval_limit as training
     return eval_set if split == "eval" else train_set
 

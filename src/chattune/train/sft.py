@@ -59,8 +59,8 @@ def train(cfg: ChatConfig, run: Path, *, resume: bool = False, overwrite: bool =
         model.to("cuda" if torch.cuda.is_available() else "cpu")
         bf16 = use_bf16(cfg.precision, model.device)
         base_rows = score(model, tokenizer, eval_examples, cfg)
-        console.print(f"base model: eval loss {summarize_likelihoods(base_rows)['loss']:.4f}  "
-                      f"ppl {summarize_likelihoods(base_rows)['perplexity']:.2f}")
+        base = summarize_likelihoods(base_rows)
+        console.print(f"base model: eval loss {base['loss']:.4f}  ppl {base['perplexity']:.2f}")
         if cfg.method == "lora":
             model = add_lora(model, cfg)
         trainer = make_trainer(cfg, run, model, tokenizer, train_examples, eval_examples, bf16, console)
@@ -69,7 +69,7 @@ def train(cfg: ChatConfig, run: Path, *, resume: bool = False, overwrite: bool =
     model.config.use_cache = True  # make_trainer turned it off for training
     tuned_rows = score(model, tokenizer, eval_examples, cfg)
     _save_model(cfg, folder, model, tokenizer, merge)
-    base, tuned = summarize_likelihoods(base_rows), summarize_likelihoods(tuned_rows)
+    tuned = summarize_likelihoods(tuned_rows)
     atomic_write_json(folder.metrics_path, {
         "base": base,
         "tuned": tuned,

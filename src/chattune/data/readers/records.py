@@ -39,17 +39,17 @@ ROLE_NAMES = {
 COLUMN_FLAGS = "name them with --prompt-column NAME --response-column NAME"
 
 
-def _by_lower(names: list[str]) -> dict[str, str]:
+def by_lower(names: list[str]) -> dict[str, str]:
     return {name.strip().lower(): name for name in reversed(names)}  # reversed: the first of duplicate names wins
 
 
 def _match_columns(names: list[str], prompt_column: str | None, response_column: str | None) -> tuple[str, str] | None:
-    by_lower = _by_lower(names)
+    columns = by_lower(names)
     for prompt_name, response_name in COLUMN_PAIRS:
         prompt = (prompt_column or prompt_name).strip().lower()
         response = (response_column or response_name).strip().lower()
-        if prompt in by_lower and response in by_lower and prompt != response:
-            return by_lower[prompt], by_lower[response]
+        if prompt in columns and response in columns and prompt != response:
+            return columns[prompt], columns[response]
     return None
 
 
@@ -58,7 +58,7 @@ def find_columns(
 ) -> tuple[str, str]:
     """The (prompt, response) column names as spelled in `names`; an explicit column overrides its side of each pair."""
     for wanted in (prompt_column, response_column):
-        if wanted is not None and wanted.strip().lower() not in _by_lower(names):
+        if wanted is not None and wanted.strip().lower() not in by_lower(names):
             raise InputError(f"{where}: no column {wanted!r} (columns: {', '.join(names)}); {COLUMN_FLAGS}")
     columns = _match_columns(names, prompt_column, response_column)
     if columns is None:
@@ -83,14 +83,14 @@ def pair_to_conversation(record: dict, prompt: str, response: str, where: str) -
     """[system?, user, assistant] from one record with a prompt and a response column."""
     user_text = text_field(record[prompt], f"{where}: {prompt}")
     # Alpaca: the "input" column is context for the "instruction"; dropping it would train on half a question.
-    input_column = _by_lower(list(record)).get("input")
+    input_column = by_lower(list(record)).get("input")
     if prompt.strip().lower() == "instruction" and input_column and record[input_column]:
         user_text += "\n\n" + text_field(record[input_column], f"{where}: {input_column}")
     conversation = [
         {"role": "user", "content": user_text},
         {"role": "assistant", "content": text_field(record[response], f"{where}: {response}")},
     ]
-    system_column = _by_lower(list(record)).get("system")
+    system_column = by_lower(list(record)).get("system")
     if system_column and record[system_column]:
         system_text = text_field(record[system_column], f"{where}: {system_column}")
         conversation.insert(0, {"role": "system", "content": system_text})
