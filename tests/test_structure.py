@@ -15,7 +15,8 @@ from chattune.config import CONFIGS, SCHEDULERS, TrainConfig, load_config
 ROOT = Path(__file__).parent.parent
 SHIPPED = sorted((ROOT / "configs").rglob("*.yaml"))
 # The config that documents each task's keys: example.yaml lists every chat key, classify.yaml every classify key.
-EXAMPLE_CONFIG = {"chat": ROOT / "configs" / "example.yaml", "classify": ROOT / "configs" / "classify.yaml"}
+EXAMPLE_CONFIG = {"chat": ROOT / "configs" / "example.yaml", "classify": ROOT / "configs" / "classify.yaml",
+                  "summarize": ROOT / "configs" / "summarize.yaml"}
 
 
 def _keys(values: dict, prefix: str = "") -> set[str]:

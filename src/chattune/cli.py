@@ -114,10 +114,15 @@ def cmd_train(args) -> None:
                                 console=Console(stderr=True))
     if result["evaluation"] is not None:
         print_evaluation(result["evaluation"], Console())
+    elif result["task"] == "summarize":  # eval_summaries: 0 skipped the evaluation
+        print(f"held-out eval loss (summary tokens): {result['metrics']['best_eval_loss']:.4f}")
     else:  # eval_replies: 0 skipped the evaluation; training's own base/tuned likelihood is what there is
         print_before_after(result["metrics"], Console())
     if result["task"] == "classify":
         print(f"run folder: {run}\n  report:  {run / 'report.html'}\n  predict: chattune predict {run} --text 'hi!'")
+    elif result["task"] == "summarize":
+        print(f"run folder: {run}\n  report:    {run / 'report.html'}\n  summarize: chattune summarize {run} "
+              "--input dialogues.txt")
     else:
         print(f"run folder: {run}\n  chat:     chattune chat {run}\n  generate: chattune generate {run} --prompt 'hi!'")
 
@@ -133,20 +138,73 @@ def cmd_chat(args) -> None:
     chat_loop(backend, sampling, Console(highlight=False), system_prompt=args.system)
 
 
-def cmd_export_gguf(args) -> None:
-    from chattune.generate.gguf import export_run
+def cmd_export(args) -> None:
+    from chattune.export.run import VerificationFailed, export_run
 
-    print(f"wrote {export_run(args.run, Path(args.out), args.quant)}")
+    try:
+        result = export_run(args.run, args.format, out=args.out, quant=args.quant, push=args.push,
+                            private=args.private, dry_run=args.dry_run)
+    except VerificationFailed as failure:  # not bad input: the export says something else than the run
+        print("\n".join(failure.lines), file=sys.stderr)
+        print(f"chattune: error: {failure}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print("\n".join(result.lines))
+
+
+def cmd_export_gguf(args) -> None:
+    from chattune.export.gguf import export_model
+
+    print("chattune: export-gguf is deprecated and goes in the next release; use `chattune export RUN --format gguf` "
+          "(it also checks the export against the run)", file=sys.stderr)
+    print(f"wrote {export_model(args.run, Path(args.out), args.quant)}")
 
 
 def cmd_generate(args) -> None:
     from chattune.generate.batch import read_prompts, reply_to_prompts
 
-    if (args.prompt is None) == (args.input is None):
-        raise InputError("generate: give exactly one of --prompt TEXT or --input PROMPTS.txt")
+    if sum(flag is not None for flag in (args.prompt, args.input, args.dialogue)) != 1:
+        raise InputError("generate: give exactly one of --prompt TEXT, --input PROMPTS.txt or --dialogue TOPIC")
+    if args.dialogue is not None:
+        return _generate_dialogues(args)
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.input)
     for prompt, reply in reply_to_prompts(args.run, prompts, _sampling(args), args.batch_size):
         print(json.dumps({"prompt": prompt, "reply": reply}, ensure_ascii=False) if args.jsonl else reply)
+
+
+def _generate_dialogues(args) -> None:
+    from chattune.generate.dialogue import generate_dialogues
+    from chattune.generate.hf import load_hf_backend
+
+    speakers = tuple(name.strip() for name in args.speakers.split(","))
+    if len(speakers) != 2 or not all(speakers) or speakers[0] == speakers[1]:
+        raise InputError(f"--speakers {args.speakers!r}: give two different names, e.g. --speakers Person1,Person2")
+    if args.turns < 1 or args.n < 1:
+        raise InputError("generate: --turns and --n must be at least 1")
+    dialogues = generate_dialogues(load_hf_backend(args.run), args.dialogue, turns=args.turns, n=args.n,
+                                   speakers=speakers, sampling=_sampling(args))
+    for dialogue in dialogues:
+        if args.jsonl:  # chattune chat data: `chattune train --data dialogues.jsonl`
+            print(json.dumps({"messages": dialogue.messages(), "topic": dialogue.topic}, ensure_ascii=False))
+        else:
+            print(dialogue.transcript() + "\n")
+    early = [dialogue.stopped for dialogue in dialogues if dialogue.stopped]
+    reasons = ", ".join(f"{early.count(reason)} at {reason}" for reason in sorted(set(early)))
+    ending = f"stopped early: {reasons}" if early else f"all reached --turns {args.turns}"
+    print(f"{len(dialogues)} dialogue(s), {sum(len(d.turns) for d in dialogues)} turns; {ending}", file=sys.stderr)
+
+
+def cmd_summarize(args) -> None:
+    from chattune.data.pairs import Pair, read_sources
+    from chattune.generate.summarize import load_summarizer
+
+    if (args.text is None) == (args.input is None):
+        raise InputError("summarize: give exactly one of --text TEXT or --input FILE (.txt, .jsonl, .csv, ...)")
+    pairs = [Pair(args.text, "")] if args.text is not None else read_sources(args.input, args.source_column)
+    summaries = load_summarizer(args.run).summaries(pairs, max_new_tokens=args.max_new_tokens,
+                                                    num_beams=args.num_beams, batch_size=args.batch_size)
+    for pair, summary in zip(pairs, summaries):
+        print(json.dumps({"source": pair.source, "summary": summary.text, "ended": summary.ended},
+                         ensure_ascii=False) if args.jsonl else summary.text)
 
 
 def cmd_eval(args) -> None:
@@ -258,15 +316,55 @@ def _add_generation_parsers(verbs) -> None:
     generate.add_argument("--prompt", help="one user message")
     generate.add_argument("--input", help="text file with one prompt per line")
     generate.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
-    generate.add_argument("--jsonl", action="store_true", help="print {prompt, reply} JSON lines")
+    generate.add_argument("--jsonl", action="store_true", help="print {prompt, reply} JSON lines; with --dialogue, "
+                          "chat data ({messages} per dialogue) for `chattune train`")
+    generate.add_argument("--dialogue", metavar="TOPIC", help="a conversation between two people about TOPIC, the "
+                          "model playing both (Person1: ... / Person2: ... lines)")
+    generate.add_argument("--turns", type=int, default=8, help="--dialogue: turns per dialogue (default 8); it "
+                          "stops earlier at an empty or repeated turn")
+    generate.add_argument("--speakers", default="Person1,Person2", help="--dialogue: the two names, first speaker "
+                          "first (default Person1,Person2)")
+    generate.add_argument("--n", type=int, default=1, help="--dialogue: dialogues to generate (default 1)")
     _add_sampling_flags(generate)
     generate.set_defaults(func=cmd_generate)
 
-    export = verbs.add_parser("export-gguf", help="write a run (LoRA merged) or model as GGUF for llama.cpp")
-    export.add_argument("run", help="run folder, or a model name/folder (Llama architecture: SmolLM, Llama)")
-    export.add_argument("out", help="output .gguf")
-    export.add_argument("--quant", choices=["q8_0", "q4_1", "f16"], default="q8_0", help="weight type (default q8_0)")
-    export.set_defaults(func=cmd_export_gguf)
+    summarize = verbs.add_parser("summarize", help="summarise texts or dialogues with a summarize run (or any model)")
+    summarize.add_argument("run", help="run folder (task: summarize), or a seq2seq/causal model name or folder")
+    summarize.add_argument("--text", help="one text or dialogue to summarise")
+    summarize.add_argument("--input", help=".txt (sources separated by blank lines) or CSV/TSV/JSONL/JSON/parquet")
+    summarize.add_argument("--source-column", help="column holding the source in --input; auto-detected (dialogue, "
+                           "document, text, source, article) when omitted")
+    summarize.add_argument("--max-new-tokens", type=int, help="longest summary in tokens (default: the run's, 64)")
+    summarize.add_argument("--num-beams", type=int, help="beam search width, 1 for greedy (default: the run's, 1)")
+    summarize.add_argument("--batch-size", type=int, default=8, help="sources summarised together (default 8)")
+    summarize.add_argument("--jsonl", action="store_true", help="print {source, summary, ended} JSON lines")
+    summarize.set_defaults(func=cmd_summarize)
+
+
+def _add_export_parsers(verbs) -> None:
+    export = verbs.add_parser("export", help="write a run as a merged HF folder, GGUF or Ollama model, checked "
+                              "against the run, with a model card; optionally push it to the Hugging Face Hub")
+    export.add_argument("run", help="run folder written by `chattune train` (task: chat)")
+    export.add_argument("--format", choices=["hf", "gguf", "ollama"], required=True,
+                        help="hf: merged safetensors + tokenizer + generation_config.json; gguf: one file for "
+                        "llama.cpp; ollama: the GGUF plus a Modelfile")
+    export.add_argument("--out", help="folder to write (default RUN/export/FORMAT[-QUANT]); replaced if it holds an "
+                        "earlier export")
+    export.add_argument("--quant", choices=["f16", "q8_0", "q4_k_m", "q4_1"],
+                        help="GGUF weights for gguf/ollama (default q8_0; q4_k_m needs llama-cpp-python)")
+    export.add_argument("--push", metavar="REPO_ID", help="upload the export to the Hugging Face Hub, e.g. "
+                        "my-team/support-bot (token: HF_TOKEN or `hf auth login`)")
+    export.add_argument("--private", action="store_true", help="with --push: create the repo private")
+    export.add_argument("--dry-run", action="store_true", help="with --push: list the files and the commit, send "
+                        "nothing")
+    export.set_defaults(func=cmd_export)
+
+    alias = verbs.add_parser("export-gguf", help="deprecated: use `chattune export RUN --format gguf`")
+    alias.add_argument("run", help="run folder, or a model name/folder (Llama architecture or GPT-2)")
+    alias.add_argument("out", help="output .gguf")
+    alias.add_argument("--quant", choices=["q8_0", "q4_1", "f16", "q4_k_m"], default="q8_0",
+                       help="weight type (default q8_0)")
+    alias.set_defaults(func=cmd_export_gguf)
 
 
 def _add_evaluation_parsers(verbs) -> None:
@@ -325,8 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chattune", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and library warnings")
     verbs = parser.add_subparsers(dest="verb", required=True)
-    for add_parsers in (_add_data_parser, _add_train_parser, _add_generation_parsers, _add_evaluation_parsers,
-                        _add_serve_parsers):
+    for add_parsers in (_add_data_parser, _add_train_parser, _add_generation_parsers, _add_export_parsers,
+                        _add_evaluation_parsers, _add_serve_parsers):
         add_parsers(verbs)
     return parser
 

@@ -2,6 +2,7 @@
 
     cfg = load_config("configs/demo.yaml", ["max_steps=2", "lora.r=8"])   # a ChatConfig (task: chat is the default)
     cfg = load_config("configs/classify.yaml")                            # a ClassifyConfig
+    cfg = load_config("configs/summarize.yaml")                           # a SummarizeConfig
 
 Every field has a default, so no config at all trains the default model on the default corpus. Every value is
 checked here, at the edge, before any model or data loads: a wrong type, range or choice is one InputError that
@@ -34,7 +35,9 @@ class LoraSettings:
     r: int = 16  # adapter rank; 16 is the common default that matches full fine-tuning on chat data at ~1% params
     alpha: int = 32  # scaling = alpha / r; 2x rank is the usual, stable choice
     dropout: float = 0.05  # light regularisation; small chat datasets overfit quickly
-    target_modules: str | list[str] = "all-linear"  # adapt every linear layer: better than q/v only at equal cost
+    # "all-linear" adapts every linear layer: better than q/v only at equal cost; "attention" adapts the attention
+    # query and value projections under the names peft knows per architecture (q,v for T5; q_proj,v_proj for BART)
+    target_modules: str | list[str] = "all-linear"
 
     def __post_init__(self) -> None:
         check_types(self, "lora.")
@@ -43,15 +46,18 @@ class LoraSettings:
         _check(0.0 <= self.dropout < 1.0, "lora.dropout", self.dropout, "a number in [0, 1)")
         # peft reads any other string as a regular expression, so a typo would only fail after the model loads
         names = self.target_modules
-        _check(names == "all-linear" or (isinstance(names, list) and names and all(n.strip() for n in names)),
-               "lora.target_modules", names, "'all-linear' or a list of module names, e.g. [q_proj, v_proj]")
+        _check(names in ("all-linear", "attention") or (isinstance(names, list) and names
+                                                         and all(n.strip() for n in names)),
+               "lora.target_modules", names,
+               "'all-linear', 'attention' or a list of module names, e.g. [q_proj, v_proj]")
 
 
 @dataclass
 class TrainConfig:
     """What every task shares: data, split, base model, optimiser, evaluation and checkpoint schedule."""
 
-    task: str = "chat"  # what to train: chat (a causal LM on conversations) or classify (texts -> labels)
+    # what to train: chat (a causal LM on conversations), classify (texts -> labels) or summarize (source -> summary)
+    task: str = "chat"
     # --- data ---
     data: str = "chitchat"  # a file/folder (CSV, TSV, JSONL, JSON, ShareGPT, transcript .txt) or corpus name
     eval_data: str | None = None  # separate held-out data; None splits `data` (by conversation, or by label)
@@ -180,9 +186,45 @@ class ClassifyConfig(TrainConfig):
                    "a column name, or null to find it by name")
 
 
-CONFIGS = {"chat": ChatConfig, "classify": ClassifyConfig}
+@dataclass
+class SummarizeConfig(TrainConfig):
+    """task: summarize — fine-tune a seq2seq model (T5, Flan-T5, BART) or a causal LM (through an instruction prompt,
+    loss on the summary tokens only) on (source, summary) pairs (train/summarize.py)."""
+
+    task: str = "summarize"
+    data: str = "aclsum"  # a CSV/TSV/JSONL/JSON/parquet with source and summary columns, or this built-in corpus
+    source_column: str | None = None  # column with the dialogue or document (auto-detected: dialogue, document, ...)
+    summary_column: str | None = None  # column with the reference summary (auto-detected: summary, target, ...)
+    # The request a causal LM is given before each source that has none of its own (aclsum pairs carry their
+    # aspect's); seq2seq models read the source alone, after T5's `summarize: ` prefix.
+    instruction: str = "Summarize the following text in one or two sentences."
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(target_modules="attention"))
+    max_length: int = 512  # tokens of a source (plus its summary, for causal LMs); longer pairs are dropped
+    precision: str = "auto"  # "auto": bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32
+    # After training, the base model (zero-shot) and the tuned one summarise this many held-out sources for
+    # ROUGE/BLEU/chrF with bootstrap intervals (RUN/eval.json, RUN/report.html); 0 skips it.
+    eval_summaries: int = 64
+    max_new_tokens: int = 64  # longest generated summary in tokens (DialogSum/SAMSum/aclsum summaries: 20-60)
+    num_beams: int = 1  # 1: greedy; 4 is the usual beam search (about 4x the decoding time)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora, dict):  # keys not given keep this task's defaults, not the chat ones
+            self.lora = {"target_modules": "attention", **self.lora}
+        super().__post_init__()
+        for key in ("source_column", "summary_column"):
+            _check(getattr(self, key) is None or bool(getattr(self, key).strip()), key, getattr(self, key),
+                   "a column name, or null to find it by name")
+        _check(bool(self.instruction.strip()), "instruction", self.instruction, "a non-empty request")
+        _check(self.precision in ("auto", "bf16", "fp32"), "precision", self.precision, "'auto', 'bf16' or 'fp32'")
+        _check(self.eval_summaries >= 0, "eval_summaries", self.eval_summaries,
+               "an integer >= 0 (0 skips the evaluation after training)")
+        _check(self.max_new_tokens > 0, "max_new_tokens", self.max_new_tokens, "a positive integer")
+        _check(self.num_beams >= 1, "num_beams", self.num_beams, "a positive integer (1 is greedy)")
+
+
+CONFIGS = {"chat": ChatConfig, "classify": ClassifyConfig, "summarize": SummarizeConfig}
 TASK_OF = {cls: task for task, cls in CONFIGS.items()}
-TaskConfig = ChatConfig | ClassifyConfig
+TaskConfig = ChatConfig | ClassifyConfig | SummarizeConfig
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -214,7 +256,7 @@ def check_types(obj, prefix: str = "") -> None:
 
 
 _KIND_WORDS = {"str": "text", "int": "an integer", "float": "a number", "bool": "true or false",
-               "str | list[str]": "'all-linear' or a list of module names"}
+               "str | list[str]": "'all-linear', 'attention' or a list of module names"}
 
 
 def _typed(key: str, kind: str, value: Any) -> Any:

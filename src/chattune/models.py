@@ -95,3 +95,33 @@ def load_model(name: str, dtype=None):
     except OSError as error:
         raise InputError(f"model {name}: cannot load ({str(error).splitlines()[0]})") from None
     return model, load_tokenizer(name)
+
+
+def is_seq2seq(name: str) -> bool:
+    """True for an encoder-decoder model (T5, Flan-T5, BART, mT5): AutoModelForSeq2SeqLM, not a causal LM."""
+    import transformers
+
+    try:
+        return bool(transformers.AutoConfig.from_pretrained(resolve_model(name)).is_encoder_decoder)
+    except (OSError, ValueError) as error:
+        raise InputError(f"model {name}: cannot load its config ({str(error).splitlines()[0]})") from None
+
+
+def load_seq2seq_model(name: str, dtype=None):
+    """An encoder-decoder model and its tokenizer (which must know its pad and end-of-sequence tokens)."""
+    import transformers
+
+    path = resolve_model(name)
+    try:
+        model = transformers.AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype or "float32")
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise InputError(f"model {name}: cannot load as a seq2seq model ({str(error).splitlines()[0]})") from None
+    if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
+        raise InputError(f"model {name}: its tokenizer has no pad or end-of-sequence token; a seq2seq model needs both")
+    return model, tokenizer
+
+
+def load_any_model(name: str, dtype=None):
+    """A seq2seq model (T5, BART, ...) or a causal LM, whichever `name` is, with its tokenizer."""
+    return load_seq2seq_model(name, dtype) if is_seq2seq(name) else load_model(name, dtype)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from chattune.config import ChatConfig, ClassifyConfig, TaskConfig
+from chattune.config import ChatConfig, ClassifyConfig, SummarizeConfig, TaskConfig
 from chattune.errors import InputError
 from chattune.runs import Run
 
@@ -27,6 +27,8 @@ def train_and_evaluate(cfg: TaskConfig, run: Path, *, resume: bool = False, over
         if resume:
             raise InputError("--resume: classification runs restart from scratch (they take minutes); drop --resume")
         return _classify(cfg, run, overwrite, console)
+    if isinstance(cfg, SummarizeConfig):
+        return _summarize(cfg, run, resume, overwrite, merge, console)
     return _chat(cfg, run, resume, overwrite, merge, console)
 
 
@@ -53,6 +55,20 @@ def _classify(cfg: ClassifyConfig, run: Path, overwrite: bool, console: Console)
             "evaluation": evaluate_classifier(folder, console=console)}
 
 
+def _summarize(cfg: SummarizeConfig, run: Path, resume: bool, overwrite: bool, merge: bool,
+               console: Console) -> dict:
+    from chattune.evaluate.summarize import evaluate_summaries
+    from chattune.train.summarize import train_summarizer
+
+    held_out = train_summarizer(cfg, run, resume=resume, overwrite=overwrite, merge=merge, console=console)
+    folder = Run.open(run)
+    evaluation = None
+    if cfg.eval_summaries:  # zero-shot base vs tuned summaries with bootstrap intervals -> eval.json, report.html
+        evaluation = evaluate_summaries(folder, limit=cfg.eval_summaries, compare_base=True, held_out=held_out,
+                                        console=console)
+    return {"run": run, "task": cfg.task, "metrics": folder.metrics(), "evaluation": evaluation}
+
+
 def evaluate(run: str | Path, *, data: str | None = None, split: str = "eval", limit: int | None = None,
              compare_base: bool = False, max_new_tokens: int | None = None, batch_size: int = 8,
              console: Console | None = None) -> dict:
@@ -62,6 +78,11 @@ def evaluate(run: str | Path, *, data: str | None = None, split: str = "eval", l
         from chattune.evaluate.classify import evaluate_classifier
 
         return evaluate_classifier(folder, data=data, split=split, limit=limit, console=console)
+    if folder.task == "summarize":
+        from chattune.evaluate.summarize import evaluate_summaries
+
+        return evaluate_summaries(folder, data=data, split=split, limit=limit, compare_base=compare_base,
+                                  max_new_tokens=max_new_tokens, batch_size=batch_size, console=console)
     from chattune.evaluate.run import evaluate_run
 
     return evaluate_run(folder, data=data, split=split, limit=limit, compare_base=compare_base,

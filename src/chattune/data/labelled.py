@@ -14,11 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from chattune.data.readers.corpora import TOPICS_CORPUS, read_topic_questions
-from chattune.data.readers.csv_reader import csv_records
-from chattune.data.readers.hf_reader import hf_rows
-from chattune.data.readers.jsonl_reader import json_records
-from chattune.data.readers.records import by_lower
-from chattune.data.readers.text import read_utf8
+from chattune.data.readers.rows import file_records, find_column
 from chattune.data.report import DataReport
 from chattune.data.split import split_by_label
 from chattune.errors import InputError
@@ -30,38 +26,11 @@ LABEL_COLUMNS = ("label", "intent", "category", "topic", "class")
 Row = tuple[str, str]  # (text, label)
 
 
-def _column(names: list[str], wanted: str | None, candidates: tuple[str, ...], kind: str, where: str) -> str:
-    by_lower_names = by_lower(names)
-    for name in [wanted] if wanted else candidates:
-        if name.strip().lower() in by_lower_names:
-            return by_lower_names[name.strip().lower()]
-    flag = f"--set {kind}_column=NAME"
-    if wanted:
-        raise InputError(f"{where}: no column {wanted!r} (columns: {', '.join(map(str, names))}); fix {flag}")
-    raise InputError(f"{where}: {kind}s missing: no {'/'.join(candidates)} column among: "
-                     f"{', '.join(map(str, names))}; name it with {flag}")
-
-
 def _field(record: dict, key: str, where: str) -> str:
     value = record.get(key)
     if value is None or isinstance(value, (dict, list)) or not str(value).strip():
         raise InputError(f"{where}: {key!r} is empty or not text; every row needs a text and a label")
     return str(value).strip()
-
-
-def _records(path: Path, report: DataReport, columns) -> list[tuple[str, dict]]:
-    suffix = path.suffix.lower()
-    if path.is_dir() or suffix in (".parquet", ".arrow"):
-        report.format = "labelled-hf"
-        return [(f"{path}: row {index + 1}", row) for index, row in enumerate(hf_rows(path, report))]
-    if suffix in (".csv", ".tsv"):
-        return csv_records(path, report, columns)
-    container, records = json_records(path, read_utf8(path))
-    report.format = f"labelled-{container}"
-    for where, record in records:
-        if not isinstance(record, dict):
-            raise InputError(f"{where}: expected a JSON object per record, got {type(record).__name__}")
-    return records
 
 
 def read_labelled(source: str, text_column: str | None = None, label_column: str | None = None, *,
@@ -78,11 +47,11 @@ def read_labelled(source: str, text_column: str | None = None, label_column: str
         keys: list[str] = []
 
         def columns(names: list[str]) -> list[str]:
-            keys[:] = [_column(names, text_column, TEXT_COLUMNS, "text", str(path)),
-                       _column(names, label_column, LABEL_COLUMNS, "label", str(path))]
+            keys[:] = [find_column(names, text_column, TEXT_COLUMNS, "text", str(path)),
+                       find_column(names, label_column, LABEL_COLUMNS, "label", str(path))]
             return keys
 
-        records = _records(path, report, columns)
+        records = file_records(path, report, columns, kind="labelled")
         if not records:
             raise InputError(f"{path}: no rows")
         if not keys:  # JSON and datasets rows: the first record names the columns

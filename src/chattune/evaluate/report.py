@@ -4,8 +4,9 @@
     write_report(Path("runs/demo"))
 
 Sections: run summary (model, data, hyperparameters, wall time, tokens/s), loss curves, then for chat runs the
-base-vs-tuned metric table with deltas and bootstrap intervals and held-out examples; for classification runs
-accuracy/macro-F1 against the majority baseline, per-class precision/recall and the confusion matrix.
+base-vs-tuned metric table with deltas and bootstrap intervals and held-out examples; for summarisation runs the
+zero-shot-vs-tuned table and held-out sources with the reference, zero-shot and tuned summaries; for classification
+runs accuracy/macro-F1 against the majority baseline, per-class precision/recall and the confusion matrix.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def write_report(run: Path) -> Path:
 
 def run_summary(config: dict, metrics: dict, log_rows: list[dict], data_report: dict) -> list[tuple[str, str]]:
     """(label, value) rows describing how the run was trained."""
-    unit = "texts" if config["task"] == "classify" else "conversations"
+    unit = {"classify": "texts", "summarize": "pairs"}.get(config["task"], "conversations")
     final = next((row for row in reversed(log_rows) if "train_runtime" in row), None)
     rows = [
         ("task", config["task"]),
@@ -116,8 +117,12 @@ def print_evaluation(evaluation: dict, console) -> None:
                       f"macro-F1 {evaluation['macro_f1']:.3f} vs {evaluation['baseline']['macro_f1']:.3f}")
         return
     compared = "ci" in evaluation["metrics"][0]
-    table = Table(title=f"held-out replies: {evaluation['data']['pairs']} conversations"
-                        + (", base vs tuned, paired bootstrap 95% intervals" if compared else ""))
+    summaries = evaluation["task"] == "summarize"
+    title = f"held-out {'summaries' if summaries else 'replies'}: {evaluation['data']['pairs']} " + \
+        ("sources" if summaries else "conversations")
+    if compared:
+        title += f", {'zero-shot ' if summaries else ''}base vs tuned, paired bootstrap 95% intervals"
+    table = Table(title=title)
     columns = ("metric", "base", "tuned", "change", "95% interval", "") if compared else ("metric", "tuned")
     for column in columns:
         table.add_column(column, justify="left" if column in ("metric", "") else "right", no_wrap=column != "metric")

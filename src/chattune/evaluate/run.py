@@ -17,8 +17,6 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -30,7 +28,7 @@ from chattune.data.conversation import Conversation, with_system
 from chattune.data.load import load_chat_split, load_conversations, reader_options
 from chattune.errors import InputError
 from chattune.evaluate import text_metrics
-from chattune.evaluate.bootstrap import CONFIDENCE, RESAMPLES, paired_bootstrap
+from chattune.evaluate.bootstrap import CONFIDENCE, RESAMPLES, MetricSpec, metric_table
 from chattune.evaluate.generation import Reply, ReplyPair, generate_replies, reply_pairs
 from chattune.evaluate.likelihood import conversation_likelihoods, summarize_likelihoods
 from chattune.evaluate.relevance import SentenceEncoder, cosine_similarities
@@ -39,14 +37,6 @@ from chattune.files import atomic_write_json
 from chattune.generate.hf import HFBackend, load_hf_backend
 from chattune.generate.sampling import Sampling
 from chattune.runs import Run
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    key: str
-    label: str
-    better: str  # "higher", "lower", or "" where neither is better (reply length)
-    aggregate: Callable[[list], float]  # per-example items -> the metric (a mean, or a corpus score)
 
 
 def _loss(rows: list[dict]) -> float:
@@ -106,7 +96,7 @@ def evaluate_run(run: Run, *, data: str | None = None, split: str = "eval", limi
                  "pairs": len(pairs)},
         "sampling": {"temperature": 0, "max_new_tokens": sampling.max_new_tokens, "seed": cfg.seed},
         "bootstrap": {"resamples": RESAMPLES, "confidence": CONFIDENCE, "unit": "conversation"},
-        "metrics": _metric_table(scored, cfg.seed),
+        "metrics": metric_table(METRICS, scored, cfg.seed),
         "examples": _examples(pairs, scored),
         "seconds": round(time.time() - started, 1),
     }
@@ -162,21 +152,6 @@ def _score_replies(likelihoods: list[dict], replies: list[Reply], pairs: list[Re
     console.print(f"eval {name}: loss {summary['loss']:.4f}  BLEU {summary['bleu']:.2f}  "
                   f"ROUGE-L {summary['rougeL']:.3f}  relevance {summary['relevance_reference']:.3f}")
     return {"items": items, "replies": replies}
-
-
-def _metric_table(scored: dict, seed: int) -> list[dict]:
-    rows = []
-    for spec in METRICS:
-        row = {"key": spec.key, "label": spec.label, "better": spec.better}
-        for name, system in scored.items():
-            row[name] = spec.aggregate(system["items"][spec.key])
-        if "base" in scored:
-            base_items, tuned_items = scored["base"]["items"][spec.key], scored["tuned"]["items"][spec.key]
-            row["delta"] = row["tuned"] - row["base"]
-            row["relative"] = row["delta"] / abs(row["base"]) if row["base"] else None
-            row["ci"] = list(paired_bootstrap(base_items, tuned_items, spec.aggregate, seed=seed))
-        rows.append(row)
-    return rows
 
 
 def _examples(pairs: list[ReplyPair], scored: dict) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Reply-vs-reference overlap and reply shape: BLEU and chrF (sacrebleu), ROUGE-1/2/L (rouge-score), distinct-n.
+"""Reply-vs-reference overlap and reply shape: BLEU and chrF (sacrebleu), ROUGE-1/2/L/Lsum (rouge-score), distinct-n.
 
     stats = bleu_stats(replies, references)      # one row of sufficient statistics per reply
     bleu_from_stats(stats)                       # == sacrebleu.corpus_bleu(replies, [references]).score
@@ -8,6 +8,8 @@ sentence, so that a bootstrap resample of replies gives exactly the corpus score
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 from sacrebleu.metrics import BLEU, CHRF
@@ -35,13 +37,29 @@ def chrf_from_stats(rows: list[list[int]]) -> float:
     return _CHRF._compute_score_from_stats(list(np.sum(rows, axis=0))).score
 
 
-def rouge_f1(replies: list[str], references: list[str]) -> dict[str, list[float]]:
-    """F1 of ROUGE-1, ROUGE-2 and ROUGE-L per reply (with stemming, as the ROUGE papers do)."""
+def rouge_f1(replies: list[str], references: list[str], kinds: tuple[str, ...] = ROUGE_TYPES) -> dict[str, list[float]]:
+    """F1 of ROUGE-1, ROUGE-2 and ROUGE-L (and ROUGE-Lsum, given in `kinds`) per reply, with stemming as the ROUGE
+    papers do. ROUGE-Lsum is the summary-level LCS over sentences, which rouge-score reads as lines: both texts are
+    split into sentences first (`sentence_lines`), as the summarisation papers report it."""
     from rouge_score.rouge_scorer import RougeScorer
 
-    scorer = RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    scorer = RougeScorer(list(kinds), use_stemmer=True)
+    if "rougeLsum" in kinds:
+        replies, references = [sentence_lines(t) for t in replies], [sentence_lines(t) for t in references]
     scores = [scorer.score(reference, reply) for reply, reference in zip(replies, references)]
-    return {kind: [score[kind].fmeasure for score in scores] for kind in ROUGE_TYPES}
+    return {kind: [score[kind].fmeasure for score in scores] for kind in kinds}
+
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def sentence_lines(text: str) -> str:
+    """One sentence per line: split after . ! ? and at line breaks (nltk's punkt would need a data download).
+
+    >>> sentence_lines("A met B. They talk!\\nThen leave")
+    'A met B.\\nThey talk!\\nThen leave'
+    """
+    return "\n".join(part.strip() for part in SENTENCE_END.split(text) if part.strip())
 
 
 def words(text: str) -> list[str]:

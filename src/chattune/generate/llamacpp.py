@@ -3,7 +3,7 @@
     backend = LlamaCppBackend.load("runs/demo", quant="q8_0")     # exports RUN/model-q8_0.gguf once
     backend.generate(backend.prompt_ids(messages), Sampling(temperature=0), on_token)
 
-The run's LoRA is merged into the base weights and written to GGUF once (`chattune.generate.gguf`); the packaged
+The run's LoRA is merged into the base weights and written to GGUF once (`chattune.export.gguf`); the packaged
 SmolLM2 GGUF is used as it is for the base model at q4_1. Prompts are rendered and tokenized by the run's own HF
 tokenizer and chat template (`chattune.generate.prompt`) and handed to llama.cpp as token ids, so both backends see
 exactly the same tokens, and replies are decoded by the same tokenizer. Same interface as `hf.HFBackend`.
@@ -54,7 +54,7 @@ def gguf_path(name: str, quant: str) -> Path:
     else:
         target = cache_dir() / "gguf" / f"{name}-{quant}.gguf"
     if not target.is_file():
-        from chattune.generate.gguf import export_gguf
+        from chattune.export.gguf import export_gguf
         from chattune.generate.hf import load_hf_backend
 
         hf = load_hf_backend(name)  # merges a run's adapter into the base weights

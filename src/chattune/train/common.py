@@ -4,7 +4,8 @@
     with cleanup_on_failure(run, fresh=checkpoint is None):
         trainer = build_trainer(cfg, run, model, tokenizer, train_set, eval_set, collator, RichProgress(console))
 
-A task (sft.py, classify.py) is one file that reads top to bottom and calls these; nothing here knows a task.
+A task (sft.py, classify.py, summarize.py) is one file that reads top to bottom and calls these; nothing here knows
+a task.
 """
 
 from __future__ import annotations
@@ -69,24 +70,40 @@ def cleanup_on_failure(run: Path, *, fresh: bool) -> Iterator[None]:
         raise
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch before anything random is drawn (adapter and head initialisation, dropout, data
+    order). Unseeded, the LoRA weights started from whatever state the global RNG was in, so two runs of one config
+    ended 0.04% apart on the same machine."""
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
 def lora_config(cfg, task_type: str = "CAUSAL_LM"):
     """The PEFT LoraConfig of a run (also handed to TRL by the benchmark, so both train the same adapter).
-    SEQ_CLS also trains (and saves) a new classification head in full."""
+    SEQ_CLS also trains (and saves) a new classification head in full; target_modules "attention" leaves the choice
+    to peft's per-architecture table of query/value projections (target_modules=None)."""
     from peft import LoraConfig
 
+    targets = None if cfg.lora.target_modules == "attention" else cfg.lora.target_modules
     return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=cfg.lora.target_modules, task_type=task_type)
+                      target_modules=targets, task_type=task_type)
 
 
 def add_lora(model, cfg, task_type: str = "CAUSAL_LM"):
     from peft import get_peft_model
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as ATTENTION_MODULES
 
+    model_type = model.config.model_type
+    if cfg.lora.target_modules == "attention" and model_type not in ATTENTION_MODULES:
+        raise InputError(f"config: lora.target_modules='attention' is not known for {model_type} models; "
+                         "list the modules, e.g. --set 'lora.target_modules=[q_proj, v_proj]', or use all-linear")
     return get_peft_model(model, lora_config(cfg, task_type))
 
 
-def training_arguments(cfg, run: Path, **task_arguments):
-    """transformers' TrainingArguments from the shared config fields; a task adds or overrides its own
-    (precision, the metric that picks the best checkpoint, ...)."""
+def training_arguments(cfg, run: Path, *, arguments_class=None, **task_arguments):
+    """transformers' TrainingArguments (or `arguments_class`, e.g. Seq2SeqTrainingArguments) from the shared config
+    fields; a task adds or overrides its own (precision, the metric that picks the best checkpoint, ...)."""
     from transformers import TrainingArguments
 
     arguments = dict(
@@ -114,7 +131,7 @@ def training_arguments(cfg, run: Path, **task_arguments):
         disable_tqdm=True,  # RichProgress draws the bar
         seed=cfg.seed,
     )
-    return TrainingArguments(**{**arguments, **task_arguments})
+    return (arguments_class or TrainingArguments)(**{**arguments, **task_arguments})
 
 
 def build_trainer(cfg, run: Path, model, tokenizer, train_set, eval_set, collator, progress, *,

@@ -28,7 +28,8 @@ from chattune.files import atomic_write_json
 from chattune.models import load_model
 from chattune.runs import Run
 from chattune.train.callbacks import RichProgress
-from chattune.train.common import (add_lora, build_trainer, cleanup_on_failure, prepare_run_folder, save_weights)
+from chattune.train.common import (add_lora, build_trainer, cleanup_on_failure, prepare_run_folder, save_weights,
+                                   seed_everything)
 from chattune.train.fast import (PLAIN_HEAD_MODEL_TYPES, FastTrainer, PackedCollator, bf16_supported,
                                  compile_decoder_layers, pack_examples, supports_target_only_loss)
 
@@ -50,6 +51,7 @@ def train(cfg: ChatConfig, run: Path, *, resume: bool = False, overwrite: bool =
     folder = Run(run)
     with cleanup_on_failure(run, fresh=checkpoint is None):
         save_config(cfg, folder.config_path)
+        seed_everything(cfg.seed)
         train_set, eval_set, report = load_chat_split(cfg)
         model, tokenizer = load_model(cfg.model)
         train_examples, eval_examples = tokenize_split(cfg, tokenizer, train_set, eval_set, report)

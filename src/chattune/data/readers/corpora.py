@@ -1,9 +1,11 @@
-"""Built-in real conversation corpora, read from their pip packages by name.
+"""Built-in real corpora, read from their pip packages by name.
 
     conversations = read_corpus("chitchat", report)    # 7,168 two-person chats (pip install chitchat-dataset)
     conversations = read_corpus("chatterbot", report)  # ~2,000 short English Q/A (pip install chatterbot-corpus)
+    records = read_aclsum("test", report)              # summarisation: 100 ACL papers x 3 aspects (pip install aclsum)
 
-The package files are located with importlib, without importing the packages (chatterbot's pulls in heavy deps).
+The package files are located with importlib, without importing the packages (chatterbot's pulls in heavy deps,
+aclsum's imports `sienna`, which is not installed: its JSONL is read directly).
 """
 
 import importlib.util
@@ -26,10 +28,23 @@ TOPICS_CORPUS = "chatterbot-topics"  # labelled: chatterbot's questions, each la
 # chatterbot categories with fewer distinct questions are dropped (health has 1, humor 2, gossip 6): a class needs
 # a few examples on both sides of the split to be learnable and measurable.
 MIN_TOPIC_QUESTIONS = 8
+# ACLSum (Takeshita et al., 2024, MIT licence): 250 ACL papers (train 100, val 50, test 100), each with a
+# human-written one-sentence summary of three aspects. Each aspect's request names it, worded after the paper's own
+# definitions, so a model zero-shot knows which of the three is asked for.
+SUMMARY_CORPUS = "aclsum"
+ACLSUM_SPLITS = ("train", "val", "test")
+ACLSUM_ASPECTS = {
+    "challenge": "Summarize the challenge of this paper in one sentence: the problem or situation the authors face.",
+    "approach": "Summarize the approach of this paper in one sentence: what the authors propose or do.",
+    "outcome": "Summarize the outcome of this paper in one sentence: what the authors find or show.",
+}
 
 
 def _package_dir(name: str) -> Path:
-    module, pip_name = CORPORA["chatterbot" if name == TOPICS_CORPUS else name]
+    if name == SUMMARY_CORPUS:
+        module, pip_name = "aclsum", "--no-deps aclsum"  # its `sienna` dependency is not needed
+    else:
+        module, pip_name = CORPORA["chatterbot" if name == TOPICS_CORPUS else name]
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise InputError(f"{name}: the {name} corpus needs its package; run: pip install {pip_name}")
@@ -80,3 +95,20 @@ def read_topic_questions(report: DataReport) -> list[tuple[str, str]]:
         if len({question.lower() for question in questions}) >= MIN_TOPIC_QUESTIONS:
             rows += [(question, path.stem) for question in questions]
     return rows
+
+
+def read_aclsum(split: str, report: DataReport) -> list[dict[str, str]]:
+    """{"instruction", "source", "summary"} records of one split, paper by paper, aspect by aspect: the source is
+    the paper's abstract, one sentence per line (the corpus's own sentence split)."""
+    assert split in ACLSUM_SPLITS, split
+    report.format = f"{SUMMARY_CORPUS}-{split}"
+    path = _package_dir(SUMMARY_CORPUS) / "dataset" / f"{split}.jsonl"
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        paper = json.loads(line)
+        source = "\n".join(paper["sentences"]["abstract"])
+        records += [{"instruction": instruction, "source": source, "summary": paper["summary"][aspect]}
+                    for aspect, instruction in ACLSUM_ASPECTS.items()]
+    return records
