@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import ctypes
 import json
-import logging
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -220,25 +221,45 @@ def export_gguf(model, tokenizer, out: Path, quant: str = "q8_0") -> Path:
     return out
 
 
+@contextmanager
+def _stderr_to(path: Path) -> Iterator[None]:
+    """Send what native code writes to stderr into `path`. llama.cpp's quantizer writes a warning per tensor it falls
+    back on (180 lines for SmolLM2-135M) that llama-cpp-python's log level does not silence."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with path.open("wb") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _quantize_with_llama_cpp(model, tokenizer, out: Path, quant: str) -> Path:
-    """An f16 export, requantized by llama.cpp (what `llama-quantize model-f16.gguf out.gguf Q4_K_M` does)."""
+    """An f16 export, requantized by llama.cpp (what `llama-quantize model-f16.gguf out.gguf Q4_K_M` does). Rows
+    whose length is not a multiple of 256 (SmolLM2-135M's 576-wide q/k/v/o, gate and up) cannot hold K-quants;
+    llama.cpp gives them Q5_0 (Q8_0 where it wanted Q6_K), as `llama-quantize` does."""
     try:
         import llama_cpp
     except ImportError:
         raise InputError(f"--quant {quant} is made by llama.cpp's quantizer: pip install llama-cpp-python "
                          "(builds llama.cpp from source, a few minutes), or choose q4_1, q8_0 or f16") from None
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp logs every tensor it quantizes
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch, \
             atomic_output_path(out) as tmp:
-        f16 = Path(scratch) / "f16.gguf"
+        f16, log = Path(scratch) / "f16.gguf", Path(scratch) / "quantize.log"
         _write(model, tokenizer, f16, "f16")
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = LLAMA_CPP_QUANTS[quant]
         params.nthread = os.cpu_count() or 1
-        if llama_cpp.llama_model_quantize(str(f16).encode(), str(tmp).encode(), ctypes.byref(params)) != 0:
-            raise InputError(f"{out}: llama.cpp could not quantize the export to {quant}; try --quant q4_1 or q8_0")
+        with _stderr_to(log):
+            status = llama_cpp.llama_model_quantize(str(f16).encode(), str(tmp).encode(), ctypes.byref(params))
+        if status != 0:
+            said = log.read_text(errors="replace").strip().splitlines()
+            raise InputError(f"{out}: llama.cpp could not quantize the export to {quant} "
+                             f"({said[-1] if said else f'status {status}'}); try --quant q4_1 or q8_0")
     return out
 
 

@@ -10,6 +10,7 @@ greedy tokens exactly (export/verify.py checks it).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from chattune.generate.sampling import Sampling
@@ -30,3 +31,7 @@ def write_hf_folder(model, tokenizer, stop_ids: list[int], folder: Path) -> None
     model.generation_config = generation_config(tokenizer, stop_ids)
     model.save_pretrained(folder)  # model.safetensors (sharded above 5 GB), config.json, generation_config.json
     tokenizer.save_pretrained(folder)  # tokenizer.json, tokenizer_config.json, chat_template.jinja
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.iterdir():  # safetensors writes the weights owner-only; the folder is meant to be shared
+        path.chmod(0o666 & ~umask)
