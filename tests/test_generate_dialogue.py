@@ -104,7 +104,8 @@ def test_bad_dialogue_flags_are_one_line(trained_run, capsys, flags):
 @pytest.mark.smollm2
 def test_smollm2_writes_six_distinct_turns_by_both_speakers(capsys):
     assert main(["generate", "smollm2-135m-instruct", "--dialogue", "two friends planning a camping trip",
-                 "--turns", "6", "--seed", "1", "--max-new-tokens", "48"]) == 0
+                 "--turns", "6", "--seed", "1", "--max-new-tokens", "48",
+                 "--repetition-penalty", "1.2"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line]
     assert len(lines) == 6, lines
     assert [line.split(":")[0] for line in lines] == ["Person1", "Person2"] * 3

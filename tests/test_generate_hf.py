@@ -59,7 +59,8 @@ def test_hf_batch_sampling_at_a_tiny_temperature_is_greedy(chat_backend):
     assert sampled == greedy
 
 
-def model_generate_greedy(backend: HFBackend, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+def model_generate_greedy(backend: HFBackend, prompts: list[list[int]], max_new_tokens: int,
+                          **options) -> list[list[int]]:
     """transformers' own greedy `generate` on the same left-padded prompts: the reference the loop must match."""
     width, pad_id = max(len(p) for p in prompts), backend.tokenizer.pad_token_id
     input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
@@ -67,7 +68,7 @@ def model_generate_greedy(backend: HFBackend, prompts: list[list[int]], max_new_
     with torch.no_grad():
         output = backend.model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
                                         max_new_tokens=max_new_tokens, eos_token_id=backend.stop_ids,
-                                        pad_token_id=pad_id)
+                                        pad_token_id=pad_id, **options)
     rows = []
     for row in output[:, width:].tolist():  # generate pads a row that ended; cut it after its stop token
         ends = [index for index, token in enumerate(row) if token in backend.stop_ids]
@@ -100,6 +101,22 @@ def test_greedy_batch_equals_model_generate(model, chat_backend, tiny_gpt2):
     assert [r.ended for r in replies] == [row[-1] in backend.stop_ids for row in expected]
     if model == "trained llama":  # both ways of ending occur: the learned replies stop, the others run out
         assert {r.ended for r in replies} == {True, False}
+
+
+def test_the_repetition_penalty_is_generates(tiny_gpt2):
+    backend = HFBackend(*load_model(tiny_gpt2))  # random weights: flat logits, which the penalty easily reorders
+    sampling = Sampling(temperature=0, max_new_tokens=20, repetition_penalty=1.5)
+    changed = []
+    with one_torch_thread():
+        for prompt in PROMPTS:  # one at a time: generate would also penalise its own padding id
+            ids = backend.prompt_ids(user(prompt))
+            expected = model_generate_greedy(backend, [ids], sampling.max_new_tokens, repetition_penalty=1.5)
+            unpenalized = model_generate_greedy(backend, [ids], sampling.max_new_tokens)
+            got: list[int] = []
+            backend.generate(ids, sampling, lambda t: got.append(t) or True)
+            assert [got] == expected
+            changed.append(expected != unpenalized)
+    assert any(changed)  # the penalty changed some reply, so the equality above says something
 
 
 def test_a_seeded_reply_leaves_the_global_rng_and_the_tokenizer_alone(chat_backend):

@@ -38,6 +38,9 @@ def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
                         help=f"nucleus sampling threshold (default {default.top_p})")
     parser.add_argument("--top-k", type=int, default=default.top_k,
                         help=f"sample among the K likeliest tokens, 0 for all (default {default.top_k})")
+    parser.add_argument("--repetition-penalty", type=float, default=default.repetition_penalty,
+                        help="above 1, tokens already in the conversation or reply get less likely; 1 is off "
+                        f"(default {default.repetition_penalty})")
     parser.add_argument("--max-new-tokens", type=int, default=default.max_new_tokens,
                         help=f"longest reply in tokens (default {default.max_new_tokens})")
     parser.add_argument("--seed", type=int, help="fix the sampling for reproducible replies")
@@ -56,7 +59,7 @@ def _sampling(args):
     from chattune.generate.sampling import Sampling
 
     return Sampling(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                    max_new_tokens=args.max_new_tokens, seed=args.seed)
+                    repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens, seed=args.seed)
 
 
 def cmd_data_inspect(args) -> None:

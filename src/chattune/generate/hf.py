@@ -5,8 +5,9 @@
     backend.generate(backend.prompt_ids(messages), Sampling(), on_token)               # token by token (chat, serve)
 
 Not `model.generate`: it cannot stop one row while the others go on (a client that left, a stop string), and it
-samples from the global torch RNG. This loop warps logits as generate does (temperature, then top_k, then top_p),
-draws from the request's own generator, and its greedy replies are generate's tokens (tests/test_generate_hf.py).
+samples from the global torch RNG. This loop warps logits as generate does (repetition penalty, temperature, top_k,
+top_p), draws from the request's own generator, and its greedy replies are generate's tokens
+(tests/test_generate_hf.py).
 """
 
 from __future__ import annotations
@@ -25,10 +26,17 @@ MAX_BATCH = 8  # rows decoded at once by `generate_batch`: the 8 concurrent stre
 
 
 def logits_warpers(sampling: Sampling):
-    """transformers' warpers for a sampled reply, in the order `model.generate` applies them."""
-    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+    """transformers' processors for a reply, in the order `model.generate` applies them: the repetition penalty,
+    then (sampled replies only) temperature, top_k and top_p."""
+    from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                              TopKLogitsWarper, TopPLogitsWarper)
 
-    warpers = LogitsProcessorList([TemperatureLogitsWarper(sampling.temperature)])
+    warpers = LogitsProcessorList()
+    if sampling.repetition_penalty != 1:
+        warpers.append(RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty))
+    if sampling.greedy:
+        return warpers
+    warpers.append(TemperatureLogitsWarper(sampling.temperature))
     if sampling.top_k > 0:
         warpers.append(TopKLogitsWarper(sampling.top_k))
     if sampling.top_p < 1:
@@ -77,11 +85,12 @@ class HFBackend:
         `on_token` returns False. A finished row stays in the batch, its tokens dropped, until all have ended."""
         input_ids, attention_mask, position_ids = self._left_padded(prompts)
         pick = self._token_picker(sampling)
-        live, counts, cache = [True] * len(prompts), [0] * len(prompts), None
+        live, counts, cache, seen = [True] * len(prompts), [0] * len(prompts), None, input_ids
         while any(live):
             output = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                 past_key_values=cache, use_cache=True)
-            cache, next_ids = output.past_key_values, pick(input_ids, output.logits[:, -1, :].float())
+            cache, next_ids = output.past_key_values, pick(seen, output.logits[:, -1, :].float())
+            seen = torch.cat([seen, next_ids[:, None]], dim=-1)  # what the repetition penalty counts
             for row, token_id in enumerate(next_ids.tolist()):
                 if live[row]:
                     counts[row] += 1
@@ -104,11 +113,11 @@ class HFBackend:
     def _token_picker(self, sampling: Sampling) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """Next token ids from last-position logits: the likeliest, or drawn from the warped distribution with the
         request's own generator (the global torch RNG is never used)."""
+        warpers = logits_warpers(sampling)
         if sampling.greedy:
-            return lambda input_ids, logits: logits.argmax(dim=-1)
-        warpers, generator = logits_warpers(sampling), sampling.generator(self.model.device)
-        return lambda input_ids, logits: torch.multinomial(warpers(input_ids, logits).softmax(-1), 1,
-                                                           generator=generator)[:, 0]
+            return lambda seen, logits: warpers(seen, logits).argmax(dim=-1)
+        generator = sampling.generator(self.model.device)
+        return lambda seen, logits: torch.multinomial(warpers(seen, logits).softmax(-1), 1, generator=generator)[:, 0]
 
 
 def load_hf_backend(name: str) -> HFBackend:

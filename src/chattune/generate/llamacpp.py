@@ -82,7 +82,8 @@ class LlamaCppBackend:
         Llama = _llama_class()
         # flash attention: time to first token for a 200-token prompt 370 -> 280 ms on 2 cores (q8_0)
         llm = Llama(model_path=str(gguf_path(name, quant)), n_ctx=CONTEXT_TOKENS, n_threads=threads or os.cpu_count(),
-                    n_batch=512, flash_attn=True, verbose=False)
+                    n_batch=512, flash_attn=True, verbose=False,
+                    last_n_tokens_size=CONTEXT_TOKENS)  # the repetition penalty sees the whole context, as in HF
         return cls(llm, tokenizer, run.config.system_prompt if run else None)
 
     def prompt_ids(self, messages: Conversation) -> list[int]:
@@ -94,11 +95,11 @@ class LlamaCppBackend:
     def generate(self, prompt_ids: list[int], sampling: Sampling, on_token: Callable[[int], bool]) -> None:
         """Call `on_token` for each new token (the stop token included, as the HF backend does)."""
         self.llm.set_seed(FRESH_SEED if sampling.seed is None else sampling.seed)
-        # The same top_k, top_p and temperature as the HF backend (temperature 0 is greedy in llama.cpp); min_p=0 and
-        # repeat_penalty=1 switch off filters HF does not apply. llama.cpp applies the temperature after top_k/top_p,
+        # The same top_k, top_p, temperature and repetition penalty as the HF backend (temperature 0 is greedy in
+        # llama.cpp); min_p=0 switches off a filter HF does not apply. llama.cpp applies the temperature after top_k/top_p,
         # HF before them, so the nucleus of a sampled reply can differ slightly; greedy replies are the same tokens.
         tokens = self.llm.generate(prompt_ids, temp=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
-                                   min_p=0.0, repeat_penalty=1.0, reset=True)
+                                   min_p=0.0, repeat_penalty=sampling.repetition_penalty, reset=True)
         for count, token in enumerate(tokens, start=1):
             if not on_token(token) or token in self.stop_ids or count >= sampling.max_new_tokens:
                 return

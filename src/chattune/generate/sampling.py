@@ -22,6 +22,9 @@ class Sampling:
     # keep the 50 likeliest tokens before top_p: transformers' generate() default, so replies keep the numbers
     # chattune measured with it; 0 turns it off
     top_k: int = 50
+    # >1 makes every token already in the prompt or the reply less likely (transformers' repetition_penalty, the
+    # CTRL rule: positive logits divided by it, negative ones multiplied); 1 turns it off
+    repetition_penalty: float = 1.0
     max_new_tokens: int = 128  # a reply is cut here (finish reason "length")
     seed: int | None = None  # fixes sampling for reproducible replies
 
@@ -32,6 +35,8 @@ class Sampling:
             raise InputError("top_p must be in (0, 1]")
         if self.top_k < 0:
             raise InputError("top_k must be >= 0 (0 keeps every token)")
+        if self.repetition_penalty <= 0:
+            raise InputError("repetition_penalty must be > 0 (1 turns it off)")
         if self.max_new_tokens < 1:
             raise InputError("max_new_tokens must be >= 1")
 
@@ -53,7 +58,9 @@ class Sampling:
 
 def batch_key(sampling: Sampling) -> tuple | None:
     """Requests with equal keys may be decoded in one batch: all greedy, or the same temperature, top_p and top_k with
-    no seed. A seeded request is reproducible only alone (`None`), since a batch shares one random generator."""
+    no seed (and the same repetition penalty either way). A seeded request is reproducible only alone (`None`), since a batch shares one random generator."""
     if sampling.seed is not None:
         return None
-    return ("greedy",) if sampling.greedy else ("sample", sampling.temperature, sampling.top_p, sampling.top_k)
+    if sampling.greedy:
+        return ("greedy", sampling.repetition_penalty)
+    return ("sample", sampling.temperature, sampling.top_p, sampling.top_k, sampling.repetition_penalty)
