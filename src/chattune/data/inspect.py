@@ -11,6 +11,7 @@ which pins the mean and percentiles to within a few percent in a fraction of the
 from __future__ import annotations
 
 import random
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator
 
 from rich.console import Console
@@ -44,18 +45,25 @@ def _with_progress(conversations: Iterator[Conversation]) -> Iterator[Conversati
                 leave=False)
 
 
+def _load_tokenizer(model: str):
+    from chattune.models import load_tokenizer
+
+    return load_tokenizer(model)
+
+
 def inspect_data(source: str, model: str, max_length: int, *, sample_size: int | None = SAMPLE_SIZE,
                  seed: int = SAMPLE_SEED, long_conversations: str = "cut", **reader_options) -> dict:
     """The data report, token statistics over a seeded sample (sample_size None: every conversation) and the
     first conversation as the model sees it."""
     from chattune.data.chat import marked_example, token_stats, tokenize_conversations  # numpy, tokenizers
     from chattune.data.load import check_kept, stream_conversations  # ftfy
-    from chattune.models import load_tokenizer
-
     stream, report = stream_conversations(source, **reader_options)
-    sample, first = reservoir_sample(_with_progress(stream), sample_size, seed)
-    check_kept(report)
-    tokenizer = load_tokenizer(model)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # Loading the tokenizer is mostly importing torch and transformers (~5 s on 2 cores); it overlaps the read.
+        tokenizer_loaded = pool.submit(_load_tokenizer, model)
+        sample, first = reservoir_sample(_with_progress(stream), sample_size, seed)
+        check_kept(report)
+        tokenizer = tokenizer_loaded.result()
     examples, counts = tokenize_conversations(tokenizer, sample, max_length, long_conversations=long_conversations)
     shown, _ = tokenize_conversations(tokenizer, [first], max_length)
     result = report.to_dict()
