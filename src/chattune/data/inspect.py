@@ -11,7 +11,7 @@ which pins the mean and percentiles to within a few percent in a fraction of the
 from __future__ import annotations
 
 import random
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from collections.abc import Iterable, Iterator
 
 from rich.console import Console
@@ -45,10 +45,25 @@ def _with_progress(conversations: Iterator[Conversation]) -> Iterator[Conversati
                 leave=False)
 
 
-def _load_tokenizer(model: str):
-    from chattune.models import load_tokenizer
+class _Background(threading.Thread):
+    """Run `function(*args)` in a daemon thread; `result()` waits and returns it, or raises what it raised."""
 
-    return load_tokenizer(model)
+    def __init__(self, function, *args) -> None:
+        super().__init__(daemon=True)
+        self._call, self._value, self._error = (lambda: function(*args)), None, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._value = self._call()
+        except BaseException as error:  # noqa: BLE001 - handed to the caller of result(), which re-raises it
+            self._error = error
+
+    def result(self):
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def inspect_data(source: str, model: str, max_length: int, *, sample_size: int | None = SAMPLE_SIZE,
@@ -57,13 +72,14 @@ def inspect_data(source: str, model: str, max_length: int, *, sample_size: int |
     first conversation as the model sees it."""
     from chattune.data.chat import marked_example, token_stats, tokenize_conversations  # numpy, tokenizers
     from chattune.data.load import check_kept, stream_conversations  # ftfy
+    from chattune.models import load_tokenizer  # transformers, torch
     stream, report = stream_conversations(source, **reader_options)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # Loading the tokenizer is mostly importing torch and transformers (~5 s on 2 cores); it overlaps the read.
-        tokenizer_loaded = pool.submit(_load_tokenizer, model)
-        sample, first = reservoir_sample(_with_progress(stream), sample_size, seed)
-        check_kept(report)
-        tokenizer = tokenizer_loaded.result()
+    # Loading the tokenizer is mostly importing torch and transformers (~5 s on 2 cores): it overlaps the read, in
+    # a daemon thread so that a file refused early exits at once instead of waiting for the imports.
+    tokenizer = _Background(load_tokenizer, model)
+    sample, first = reservoir_sample(_with_progress(stream), sample_size, seed)
+    check_kept(report)
+    tokenizer = tokenizer.result()
     examples, counts = tokenize_conversations(tokenizer, sample, max_length, long_conversations=long_conversations)
     shown, _ = tokenize_conversations(tokenizer, [first], max_length)
     result = report.to_dict()
