@@ -471,6 +471,7 @@ def _quiet_libraries() -> None:
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # chattune shows its own on long reads
     for message in NOISY_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
     from transformers.utils import logging
