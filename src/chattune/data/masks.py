@@ -12,7 +12,8 @@ agree), faster in three ways:
   - Only the start of the rendered text that can hold `max_length` tokens is tokenized (a 20 MB reply used to be
     tokenized whole, 3.9 GB). The cut is widened until the tokens reach max_length + CUT_MARGIN, so the first
     max_length tokens are those of the whole text unless a single word of more than CUT_MARGIN tokens crosses it.
-  - The fast tokenizer encodes a batch at a time (in parallel, in Rust); labels are set with numpy.
+  - The fast tokenizer encodes a batch at a time (in parallel, in Rust); labels are set a reply at a time, from
+    the tokens at each reply's first and last character, not by testing every token's offsets.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import numpy as np
-
+from chattune.data.gc_pause import gc_paused
 from chattune.data.template import IGNORE_INDEX, assistant_spans, end_of_turn_token, render
 from chattune.data.windows import split_windows
 
@@ -123,48 +123,62 @@ def text_and_spans(chat: ChatTokenizer, messages: list[dict], chars: int) -> tup
     return assistant_spans(chat.tokenizer, _turns_within(messages, chars), chat.end_token)
 
 
-def _labels(chat: ChatTokenizer, input_ids: list[int], offsets: list, spans: list[tuple[int, int]]) -> list[int]:
+def _first_token_at_or_after(encoding, char: int, text_length: int, token_count: int) -> int:
+    """Index of the first token whose first character is at or after `char` (token_count if none)."""
+    while char < text_length:
+        token = encoding.char_to_token(char)
+        if token is not None:
+            return token if encoding.token_to_chars(token)[0] >= char else token + 1
+        char += 1  # a character no token covers (removed by the normalizer): look at the next one
+    return token_count
+
+
+def _labels(chat: ChatTokenizer, input_ids: list[int], encoding, text_length: int,
+            spans: list[tuple[int, int]]) -> list[int]:
+    """Token i is trained when its first character lies in a reply span; found per span boundary with the fast
+    tokenizer's char_to_token, not per token (one lookup per reply instead of a test per token)."""
     if chat.loss_on == "all":
         return list(input_ids)
-    if not spans or not input_ids:
-        return [IGNORE_INDEX] * len(input_ids)
-    token_starts = np.fromiter((offset[0] for offset in offsets), dtype=np.int64, count=len(offsets))
-    starts, ends = np.array(spans, dtype=np.int64).T
-    span = np.searchsorted(starts, token_starts, side="right") - 1
-    trained = (span >= 0) & (token_starts < ends[np.maximum(span, 0)])
-    return np.where(trained, np.array(input_ids, dtype=np.int64), IGNORE_INDEX).tolist()
+    labels = [IGNORE_INDEX] * len(input_ids)
+    for start, end in spans:
+        first = _first_token_at_or_after(encoding, start, text_length, len(encoding.ids))
+        if first >= len(input_ids):
+            break
+        last = _first_token_at_or_after(encoding, end, text_length, len(encoding.ids))
+        labels[first:last] = input_ids[first:last]
+    return labels[: len(input_ids)]
 
 
-def _encode(chat: ChatTokenizer, texts: list[str]) -> list[tuple[list[int], list]]:
-    encoded = chat.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-    return list(zip(encoded["input_ids"], encoded["offset_mapping"]))
+def _encode(chat: ChatTokenizer, texts: list[str]) -> list:
+    """The fast tokenizer's Encoding of each text (ids, and characters <-> tokens)."""
+    return chat.tokenizer(texts, add_special_tokens=False).encodings
 
 
-def _example(chat: ChatTokenizer, input_ids, offsets, spans) -> dict | None:
-    input_ids, offsets = input_ids[: chat.max_length], offsets[: chat.max_length]
-    labels = _labels(chat, input_ids, offsets, spans)
+def _example(chat: ChatTokenizer, encoding, text_length: int, spans) -> dict | None:
+    input_ids = encoding.ids[: chat.max_length]
+    labels = _labels(chat, input_ids, encoding, text_length, spans)
     if all(label == IGNORE_INDEX for label in labels):
         return None
-    return {"input_ids": list(input_ids), "labels": labels}
+    return {"input_ids": input_ids, "labels": labels}
 
 
-def _fits(chat: ChatTokenizer, input_ids: list[int], cut: int, text: str) -> bool:
-    return cut >= len(text) or len(input_ids) >= chat.max_length + CUT_MARGIN
+def _fits(chat: ChatTokenizer, encoding, cut: int, text: str) -> bool:
+    return cut >= len(text) or len(encoding.ids) >= chat.max_length + CUT_MARGIN
 
 
-def encode_conversations(chat: ChatTokenizer, conversations: list[list[dict]]) -> list[tuple[list, list, list, int]]:
-    """(input_ids, offsets, spans, full length in tokens or -1 when cut) per conversation, each tokenized only as
-    far as max_length needs."""
+def encode_conversations(chat: ChatTokenizer, conversations: list[list[dict]]) -> list[tuple[object, int, list, int]]:
+    """(Encoding, characters encoded, spans, full length in tokens or -1 when cut) per conversation, each
+    tokenized only as far as max_length needs."""
     chars = (chat.max_length + CUT_MARGIN) * CHARS_PER_TOKEN
     rendered = [text_and_spans(chat, messages, chars) for messages in conversations]
     cuts = [min(len(text), chars) for text, _ in rendered]
-    encoded = _encode(chat, [text[:cut] for (text, _), cut in zip(rendered, cuts)])
+    encodings = _encode(chat, [text[:cut] for (text, _), cut in zip(rendered, cuts)])
     results = []
-    for (text, spans), cut, (input_ids, offsets) in zip(rendered, cuts, encoded):
-        while not _fits(chat, input_ids, cut, text):  # dense text (code, CJK): widen the cut
+    for (text, spans), cut, encoding in zip(rendered, cuts, encodings):
+        while not _fits(chat, encoding, cut, text):  # dense text (code, CJK): widen the cut
             cut = min(len(text), cut * 4)
-            input_ids, offsets = _encode(chat, [text[:cut]])[0]
-        results.append((input_ids, offsets, spans, len(input_ids) if cut >= len(text) else -1))
+            encoding = _encode(chat, [text[:cut]])[0]
+        results.append((encoding, cut, spans, len(encoding.ids) if cut >= len(text) else -1))
     return results
 
 
@@ -183,18 +197,18 @@ def _add(example: dict | None, examples: list[dict], counts: dict[str, int]) -> 
 
 def _tokenize_batch(chat: ChatTokenizer, batch: list[list[dict]], long_conversations: str, examples: list[dict],
                     counts: dict[str, int]) -> None:
-    for messages, (input_ids, offsets, spans, length) in zip(batch, encode_conversations(chat, batch)):
+    for messages, (encoding, chars, spans, length) in zip(batch, encode_conversations(chat, batch)):
         if 0 <= length <= chat.max_length:
-            _add(_example(chat, input_ids, offsets, spans), examples, counts)
+            _add(_example(chat, encoding, chars, spans), examples, counts)
             continue
         counts["over_max_length"] += 1
         if long_conversations == "cut":
-            _add(_example(chat, input_ids, offsets, spans), examples, counts)
+            _add(_example(chat, encoding, chars, spans), examples, counts)
             continue
         windows = split_windows(messages, lambda parts: _token_lengths(chat, parts), chat.max_length)
         counts["split_windows"] += len(windows)
-        for window_ids, window_offsets, window_spans, _ in encode_conversations(chat, windows):
-            _add(_example(chat, window_ids, window_offsets, window_spans), examples, counts)
+        for window, chars, window_spans, _ in encode_conversations(chat, windows):
+            _add(_example(chat, window, chars, window_spans), examples, counts)
 
 
 def tokenize_many(chat: ChatTokenizer, conversations: Iterable[list[dict]], long_conversations: str = "cut"
@@ -206,6 +220,7 @@ def tokenize_many(chat: ChatTokenizer, conversations: Iterable[list[dict]], long
     examples: list[dict] = []
     counts = {"no_reply_within_max_length": 0, "over_max_length": 0, "split_windows": 0}
     iterator = iter(conversations)
-    while batch := list(itertools.islice(iterator, BATCH)):
-        _tokenize_batch(chat, batch, long_conversations, examples, counts)
+    with gc_paused():  # millions of token lists, none in a cycle
+        while batch := list(itertools.islice(iterator, BATCH)):
+            _tokenize_batch(chat, batch, long_conversations, examples, counts)
     return examples, counts
