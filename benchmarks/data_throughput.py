@@ -22,7 +22,6 @@ import argparse
 import csv
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -102,13 +101,19 @@ def prepare_twice(path: Path, tokenizer, max_length: int, cache: Path) -> dict:
             "cached_seconds": round(again_seconds, 2)}
 
 
+INSPECT = ("import resource, sys\nfrom chattune.cli import main\ncode = main(sys.argv[1:])\n"
+           "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(code)")
+
+
 def inspect_cli(path: Path) -> dict:
+    """Wall time and peak RSS of `chattune data inspect PATH --json` in a fresh process that reports its own peak
+    (RUSAGE_CHILDREN would count the benchmark's own pages, which a fork copies)."""
     src = Path(__file__).resolve().parent.parent / "src"
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "chattune.cli", "data", "inspect", str(path), "--json"], check=True,
-                   stdout=subprocess.DEVNULL, env=env)
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    result = subprocess.run([sys.executable, "-c", INSPECT, "data", "inspect", str(path), "--json"], check=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    peak_kb = int(result.stderr.strip().splitlines()[-1])
     return {"seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(peak_kb / 1024)}
 
 
@@ -143,15 +148,15 @@ def main() -> None:
         path = Path(tmp) / "support.csv"
         write_support_log(path, args.rows)
         print(f"{args.rows:,} rows, {path.stat().st_size / 1e6:.0f} MB; tokenizer {MODEL}, max_length {args.max_length}")
+        inspected = inspect_cli(path) if args.inspect else None  # first: a fresh process on an idle machine
+        if inspected:
+            print(f"chattune data inspect: {inspected['seconds']} s, peak RSS {inspected['peak_rss_mb']} MB")
         ours = chattune_stages(path, tokenizer, args.max_length)
         theirs = None if args.skip_baseline else baseline_stages(path, tokenizer, args.max_length, Path(tmp) / "hf")
         stages = print_table(ours, theirs)
         prepared = prepare_twice(path, tokenizer, args.max_length, Path(tmp) / "tokenized")
         print(f"prepare_chat_data: {prepared['first_seconds']} s the first time, {prepared['cached_seconds']} s "
               "from the cache")
-        inspected = inspect_cli(path) if args.inspect else None
-        if inspected:
-            print(f"chattune data inspect: {inspected['seconds']} s, peak RSS {inspected['peak_rss_mb']} MB")
     total = {side: sum(seconds for _, seconds in stages_.values()) for side, stages_ in
              (("chattune", ours), ("baseline", theirs)) if stages_}
     if theirs:

@@ -10,14 +10,17 @@ which pins the mean and percentiles to within a few percent in a fraction of the
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 import threading
+from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Iterable, Iterator
 
 from rich.console import Console
 from rich.text import Text
 
 from chattune.data.conversation import Conversation
+from chattune.data.report import DataReport
 
 SAMPLE_SIZE = 2000  # conversations tokenized for the statistics: ~2 s for SmolLM2 on 2 cores
 SAMPLE_SEED = 0
@@ -66,19 +69,31 @@ class _Background(threading.Thread):
         return self._value
 
 
+def read_sample(source: str, sample_size: int | None, seed: int, reader_options: dict
+                ) -> tuple[DataReport, list[Conversation], Conversation]:
+    """(report, seeded sample of the cleaned conversations, the first one), reading `source` once."""
+    from chattune.data.load import check_kept, stream_conversations  # ftfy
+
+    stream, report = stream_conversations(source, **reader_options)
+    sample, first = reservoir_sample(_with_progress(stream), sample_size, seed)
+    check_kept(report)
+    return report, sample, first
+
+
 def inspect_data(source: str, model: str, max_length: int, *, sample_size: int | None = SAMPLE_SIZE,
                  seed: int = SAMPLE_SEED, long_conversations: str = "cut", **reader_options) -> dict:
     """The data report, token statistics over a seeded sample (sample_size None: every conversation) and the
     first conversation as the model sees it."""
     from chattune.data.chat import marked_example, token_stats, tokenize_conversations  # numpy, tokenizers
-    from chattune.data.load import check_kept, stream_conversations  # ftfy
     from chattune.models import load_tokenizer  # transformers, torch
-    stream, report = stream_conversations(source, **reader_options)
-    # Loading the tokenizer is mostly importing torch and transformers (~5 s on 2 cores): it overlaps the read, in
-    # a daemon thread so that a file refused early exits at once instead of waiting for the imports.
-    tokenizer = _Background(load_tokenizer, model)
-    sample, first = reservoir_sample(_with_progress(stream), sample_size, seed)
-    check_kept(report)
+
+    # Reading is pure Python and loading the tokenizer is mostly importing torch and transformers (~6 s on 2 cores):
+    # the read runs in a forked process on the other core while a daemon thread here loads the tokenizer, so a file
+    # refused early exits at once instead of waiting for the imports.
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
+        read = pool.submit(read_sample, source, sample_size, seed, reader_options)  # forks now, before the thread
+        tokenizer = _Background(load_tokenizer, model)
+        report, sample, first = read.result()
     tokenizer = tokenizer.result()
     examples, counts = tokenize_conversations(tokenizer, sample, max_length, long_conversations=long_conversations)
     shown, _ = tokenize_conversations(tokenizer, [first], max_length)
