@@ -75,8 +75,11 @@ def test_template_that_rewrites_replies_falls_back_to_prefix_renders(tiny_llama)
     tokenizer.chat_template = tokenizer.chat_template.replace("message['content']", "message['content'] | upper")
     chat = ChatTokenizer.for_model(tokenizer, 64, end_token="<|im_end|>")
     assert chat.generation_prompt is None
-    examples, _ = tokenize_many(chat, CASES)
-    assert examples == [plain_example(tokenizer, messages, 64, "<|im_end|>") for messages in CASES]
+    cases = [*CASES, conversation(300, system=True)]  # prefix renders of only the turns that fit, then cut
+    examples, counts = tokenize_many(chat, cases)
+    assert examples == [plain_example(tokenizer, messages, 64, "<|im_end|>") for messages in cases]
+    over = sum(len(tokenizer(render(tokenizer, messages))["input_ids"]) > 64 for messages in cases)
+    assert counts["over_max_length"] == over >= 1
 
 
 def test_ten_thousand_turns_cost_what_max_length_costs(tiny_llama):
@@ -96,7 +99,8 @@ def test_split_windows_of_whole_turns_train_every_reply(tiny_llama):
     tokenizer = load_tokenizer(tiny_llama)
     long = conversation(40, system=True)
     examples, counts = tokenize_conversations(tokenizer, [long], max_length=96, long_conversations="split")
-    assert counts["over_max_length"] == 1 and counts["split_windows"] == len(examples) > 1
+    over = sum(len(tokenizer(render(tokenizer, messages))["input_ids"]) > 64 for messages in cases)
+    assert counts["over_max_length"] == over >= 1 and counts["split_windows"] == len(examples) > 1
     trained_text = ""
     for example in examples:
         assert len(example["input_ids"]) <= 96

@@ -3,8 +3,8 @@
     chat = ChatTokenizer.for_model(tokenizer, max_length=512)
     examples, counts = tokenize_many(chat, conversations, long_conversations="cut")
 
-This computes what template.assistant_spans and a whole-text tokenization compute (tests/test_chat_masks.py checks the two
-agree), faster in three ways:
+This computes what template.assistant_spans and a whole-text tokenization compute (tests/test_data_masks.py checks
+that they agree), faster in three ways:
   - Reply spans come from one render per conversation: each assistant reply is found after the text the template
     writes for `add_generation_prompt`, searching forward turn by turn. Rendering prefix by prefix cost O(turns²):
     208 s for 10,000 turns. Templates where the search cannot work fall back to the prefix renders, on the turns
@@ -113,14 +113,16 @@ def _turns_within(messages: list[dict], chars: int) -> list[dict]:
     return messages
 
 
-def text_and_spans(chat: ChatTokenizer, messages: list[dict], chars: int) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and its reply spans; with prefix renders, only the turns within `chars`."""
+def text_and_spans(chat: ChatTokenizer, messages: list[dict], chars: int) -> tuple[str, list[tuple[int, int]], bool]:
+    """(rendered conversation, its reply spans, whether the text holds every turn): with prefix renders, only the
+    turns within `chars` characters are rendered."""
     if chat.generation_prompt is not None:
         text = render(chat.tokenizer, messages)
         spans = reply_spans(text, messages, chat.generation_prompt, chat.end_token)
         if spans is not None:
-            return text, spans
-    return assistant_spans(chat.tokenizer, _turns_within(messages, chars), chat.end_token)
+            return text, spans, True
+    turns = _turns_within(messages, chars)
+    return *assistant_spans(chat.tokenizer, turns, chat.end_token), len(turns) == len(messages)
 
 
 def _first_token_at_or_after(encoding, char: int, text_length: int, token_count: int) -> int:
@@ -162,23 +164,32 @@ def _example(chat: ChatTokenizer, encoding, text_length: int, spans) -> dict | N
     return {"input_ids": input_ids, "labels": labels}
 
 
-def _fits(chat: ChatTokenizer, encoding, cut: int, text: str) -> bool:
-    return cut >= len(text) or len(encoding.ids) >= chat.max_length + CUT_MARGIN
+def _encode_enough(chat: ChatTokenizer, messages: list[dict], chars: int):
+    """(Encoding, characters encoded, spans, full length in tokens or -1 when cut) of one conversation, widening the
+    cut (and the turns rendered, on the prefix-render path) until max_length + CUT_MARGIN tokens are reached."""
+    while True:
+        text, spans, complete = text_and_spans(chat, messages, chars)
+        cut = min(len(text), chars)
+        encoding = _encode(chat, [text[:cut]])[0]
+        if len(encoding.ids) >= chat.max_length + CUT_MARGIN or (cut == len(text) and complete):
+            return encoding, cut, spans, len(encoding.ids) if cut == len(text) and complete else -1
+        chars *= 4  # dense text (code, CJK, long words): fewer characters per token than guessed
 
 
 def encode_conversations(chat: ChatTokenizer, conversations: list[list[dict]]) -> list[tuple[object, int, list, int]]:
     """(Encoding, characters encoded, spans, full length in tokens or -1 when cut) per conversation, each
-    tokenized only as far as max_length needs."""
+    tokenized only as far as max_length needs; the common case in one batch call."""
     chars = (chat.max_length + CUT_MARGIN) * CHARS_PER_TOKEN
     rendered = [text_and_spans(chat, messages, chars) for messages in conversations]
-    cuts = [min(len(text), chars) for text, _ in rendered]
-    encodings = _encode(chat, [text[:cut] for (text, _), cut in zip(rendered, cuts)])
+    cuts = [min(len(text), chars) for text, _, _ in rendered]
+    encodings = _encode(chat, [text[:cut] for (text, _, _), cut in zip(rendered, cuts)])
     results = []
-    for (text, spans), cut, encoding in zip(rendered, cuts, encodings):
-        while not _fits(chat, encoding, cut, text):  # dense text (code, CJK): widen the cut
-            cut = min(len(text), cut * 4)
-            encoding = _encode(chat, [text[:cut]])[0]
-        results.append((encoding, cut, spans, len(encoding.ids) if cut >= len(text) else -1))
+    for messages, (text, spans, complete), cut, encoding in zip(conversations, rendered, cuts, encodings):
+        whole = cut == len(text) and complete
+        if whole or len(encoding.ids) >= chat.max_length + CUT_MARGIN:
+            results.append((encoding, cut, spans, len(encoding.ids) if whole else -1))
+        else:
+            results.append(_encode_enough(chat, messages, chars * 4))
     return results
 
 
