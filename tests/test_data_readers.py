@@ -198,7 +198,7 @@ def test_transcript_first_speaker_assistant(tmp_path):
 
 
 def test_transcript_reader_keeps_raw_turns(tmp_path):
-    conversations = read_transcript(Path(write(tmp_path / "t.txt", TRANSCRIPT)), DataReport("", ""))
+    conversations = list(read_transcript(Path(write(tmp_path / "t.txt", TRANSCRIPT)), DataReport("", "")))
     assert conversations[0][-1] == {"role": "user", "content": "Good.\nSee you at 10:30."}
     assert [len(conversation) for conversation in conversations] == [3, 2, 2]
 

@@ -21,11 +21,25 @@ def _add_reader_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--response-column", help=READER_FLAGS_HELP.format("reply"))
     parser.add_argument("--first-speaker", choices=["user", "assistant"], default="user",
                         help="transcripts: role of each conversation's first speaker (default: user)")
+    from chattune.data.readers.limits import MAX_FILE_BYTES, MAX_RECORD_BYTES
+
+    parser.add_argument("--max-file-bytes", type=int, default=MAX_FILE_BYTES,
+                        help=f"refuse bigger input files (default {MAX_FILE_BYTES:,})")
+    parser.add_argument("--max-record-bytes", type=int, default=MAX_RECORD_BYTES,
+                        help=f"refuse a longer JSON line, transcript line or CSV row (default {MAX_RECORD_BYTES:,})")
 
 
 def _reader_options(args) -> dict:
+    from chattune.data.readers.limits import ReadLimits
+
     return dict(prompt_column=args.prompt_column, response_column=args.response_column,
-                first_speaker=args.first_speaker)
+                first_speaker=args.first_speaker,
+                limits=ReadLimits(max_file_bytes=args.max_file_bytes, max_record_bytes=args.max_record_bytes))
+
+
+def _printable(text: str) -> str:
+    """`text` with undecodable bytes of file names (surrogate escapes) shown as U+FFFD, so the output is UTF-8."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
@@ -67,10 +81,15 @@ def cmd_data_inspect(args) -> None:
 
     from chattune.data.inspect import inspect_data, print_inspection
 
-    result = inspect_data(args.path, args.model, args.max_length, **_reader_options(args))
+    if args.sample < 1:
+        raise InputError(f"--sample {args.sample}: give a positive number of conversations, or --full")
+    result = inspect_data(args.path, args.model, args.max_length, sample_size=None if args.full else args.sample,
+                          seed=args.seed, long_conversations=args.long_conversations, **_reader_options(args))
     if args.json:
-        print(json.dumps({**result, "example": [list(piece) for piece in result["example"]]}, ensure_ascii=False))
+        text = json.dumps({**result, "example": [list(piece) for piece in result["example"]]}, ensure_ascii=False)
+        print(_printable(text))
     else:
+        result = json.loads(_printable(json.dumps(result)))
         print_inspection(result, Console())
 
 
@@ -271,6 +290,7 @@ def cmd_feedback_export(args) -> None:
 
 
 def _add_data_parser(verbs) -> None:
+    from chattune.data.inspect import SAMPLE_SEED, SAMPLE_SIZE
     from chattune.models import DEFAULT_MODEL
 
     data = verbs.add_parser("data", help="inspect or convert conversation data").add_subparsers(dest="action",
@@ -280,6 +300,13 @@ def _add_data_parser(verbs) -> None:
     inspect.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     inspect.add_argument("--model", default=DEFAULT_MODEL, help=f"tokenizer/chat template to use ({DEFAULT_MODEL})")
     inspect.add_argument("--max-length", type=int, default=512, help="tokens per conversation (default 512)")
+    inspect.add_argument("--sample", type=int, default=SAMPLE_SIZE, metavar="N",
+                         help=f"token statistics from a seeded random sample of N conversations (default "
+                         f"{SAMPLE_SIZE}); counts are always over every conversation")
+    inspect.add_argument("--full", action="store_true", help="token statistics over every conversation")
+    inspect.add_argument("--seed", type=int, default=SAMPLE_SEED, help=f"seed of the sample (default {SAMPLE_SEED})")
+    inspect.add_argument("--long-conversations", choices=["cut", "split"], default="cut",
+                         help="over max-length: cut (default) or split into windows of whole turns")
     _add_reader_flags(inspect)
     inspect.set_defaults(func=cmd_data_inspect)
     convert = data.add_parser("convert", help="write cleaned conversations as OpenAI-messages JSONL")
@@ -447,6 +474,7 @@ def _quiet_libraries() -> None:
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # chattune shows its own on long reads
     for message in NOISY_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
     from transformers.utils import logging

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from chattune.data.readers.limits import MAX_FILE_BYTES, MAX_RECORD_BYTES
 from chattune.errors import InputError
 
 # transformers' SchedulerType values (tests/test_config.py checks this list against transformers itself; naming
@@ -145,6 +146,12 @@ class ChatConfig(TrainConfig):
     first_speaker: str = "user"  # transcripts: role of the first speaker of each conversation
     system_prompt: str | None = None  # added as the system turn of conversations that have none
     loss_on: str = "assistant"  # "assistant": learn the replies only; "all": every token
+    # A conversation longer than max_length tokens: "cut" trains on its first max_length tokens; "split" trains on
+    # windows of whole turns that each fit max_length, so late replies of long support threads are learnt too.
+    long_conversations: str = "cut"
+    # --- input limits (data/readers/limits.py): over them, reading stops with one line naming the file ---
+    max_file_bytes: int = MAX_FILE_BYTES  # 8 GiB: years of support logs; a wrong path (a disk image) is refused
+    max_record_bytes: int = MAX_RECORD_BYTES  # 1 MiB per JSON line, transcript line or CSV row
     # --- speed (train/fast.py; each trick computes the same loss as the plain path) ---
     packing: bool = True  # pack conversations into max_length rows without cross-attention: no compute on padding
     precision: str = "auto"  # "auto": bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32
@@ -163,6 +170,10 @@ class ChatConfig(TrainConfig):
         _check(self.first_speaker in ("user", "assistant"), "first_speaker", self.first_speaker,
                "'user' or 'assistant'")
         _check(self.loss_on in ("assistant", "all"), "loss_on", self.loss_on, "'assistant' or 'all'")
+        _check(self.long_conversations in ("cut", "split"), "long_conversations", self.long_conversations,
+               "'cut' or 'split'")
+        for key in ("max_file_bytes", "max_record_bytes"):
+            _check(getattr(self, key) > 0, key, getattr(self, key), "a positive number of bytes")
         _check(self.precision in ("auto", "bf16", "fp32"), "precision", self.precision, "'auto', 'bf16' or 'fp32'")
         _check(self.eval_replies >= 0, "eval_replies", self.eval_replies,
                "an integer >= 0 (0 skips the evaluation after training)")

@@ -2,86 +2,36 @@
 
     example = tokenize_conversation(tokenizer, messages, end_of_turn_token(tokenizer), max_length=512)
     example["input_ids"], example["labels"]   # labels are -100 outside the loss
+    examples, counts = tokenize_conversations(tokenizer, conversations, max_length=512, long_conversations="split")
 
 The trained tokens of a conversation are each assistant turn's text plus the end-of-turn token that closes it
-(so the model learns to stop). They are found by rendering the conversation prefix by prefix: for assistant
-turn i, the text after `render(messages[:i], add_generation_prompt=True)` up to and including the next
-end-of-turn token is the reply. Character spans are mapped to tokens with the fast tokenizer's offsets, so the
-tokens trained are exactly the tokens the model sees, whatever the template.
+(so the model learns to stop); data/template.py says how the replies are found, data/masks.py how that is done fast
+for many conversations. Character spans are mapped to tokens with the fast tokenizer's offsets, so the tokens
+trained are exactly the tokens the model sees, whatever the template.
 """
 
 from __future__ import annotations
 
-from chattune.errors import InputError
+from chattune.data.masks import ChatTokenizer, tokenize_many
+from chattune.data.template import IGNORE_INDEX, end_of_turn_token, render
 
-IGNORE_INDEX = -100  # label value that cross-entropy skips (the PyTorch / transformers convention)
-_PROBE = "chattune-probe-reply"
-
-
-def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-
-def end_of_turn_token(tokenizer) -> str:
-    """The special token the chat template writes right after an assistant reply (<|im_end|>, <|eot_id|>, EOS)."""
-    text = render(tokenizer, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _PROBE}])
-    after = text[text.index(_PROBE) + len(_PROBE) :]
-    candidates = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
-    for token in sorted(candidates, key=len, reverse=True):
-        if token and after.startswith(token):
-            return token
-    raise InputError(
-        f"model {tokenizer.name_or_path}: its chat template does not close assistant replies with a special token "
-        f"(found {after[:20]!r}); the model could not learn to stop"
-    )
-
-
-def assistant_spans(tokenizer, messages: list[dict], end_token: str) -> tuple[str, list[tuple[int, int]]]:
-    """Return the rendered text and the character spans of each assistant reply plus its end-of-turn token."""
-    text = render(tokenizer, messages)
-    spans = []
-    for index, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        prefix = render(tokenizer, messages[:index], add_generation_prompt=True)
-        if not text.startswith(prefix):
-            raise InputError(
-                f"model {tokenizer.name_or_path}: its chat template renders earlier turns differently once a reply "
-                "follows, so reply tokens cannot be located; use a model with a prefix-stable template"
-            )
-        end = text.index(end_token, len(prefix)) + len(end_token)
-        spans.append((len(prefix), end))
-    return text, spans
+__all__ = ["IGNORE_INDEX", "end_of_turn_token", "marked_example", "render", "token_stats",
+           "tokenize_conversation", "tokenize_conversations"]
 
 
 def tokenize_conversation(
     tokenizer, messages: list[dict], end_token: str, max_length: int, loss_on: str = "assistant"
 ) -> dict | None:
     """Token ids and labels for one conversation, cut at `max_length`; None if no trained token survives the cut."""
-    text, spans = assistant_spans(tokenizer, messages, end_token)
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    input_ids = encoded["input_ids"][:max_length]
-    offsets = encoded["offset_mapping"][:max_length]
-    labels = [
-        token if loss_on == "all" or any(start <= offset[0] < end for start, end in spans) else IGNORE_INDEX
-        for token, offset in zip(input_ids, offsets)
-    ]
-    if all(label == IGNORE_INDEX for label in labels):
-        return None
-    return {"input_ids": input_ids, "labels": labels}
+    chat = ChatTokenizer.for_model(tokenizer, max_length, loss_on, end_token)
+    examples, _ = tokenize_many(chat, [messages])
+    return examples[0] if examples else None
 
 
-def tokenize_conversations(tokenizer, conversations, max_length: int, loss_on: str = "assistant"):
-    """Tokenize many conversations; returns (examples, number dropped because no reply fit in max_length)."""
-    examples, dropped = [], 0
-    end_token = end_of_turn_token(tokenizer)
-    for messages in conversations:
-        example = tokenize_conversation(tokenizer, messages, end_token, max_length, loss_on)
-        if example is None:
-            dropped += 1
-        else:
-            examples.append(example)
-    return examples, dropped
+def tokenize_conversations(tokenizer, conversations, max_length: int, loss_on: str = "assistant",
+                           long_conversations: str = "cut") -> tuple[list[dict], dict[str, int]]:
+    """(examples, counts) for many conversations; see masks.tokenize_many for the counts."""
+    return tokenize_many(ChatTokenizer.for_model(tokenizer, max_length, loss_on), conversations, long_conversations)
 
 
 def marked_example(tokenizer, example: dict) -> list[tuple[str, bool]]:

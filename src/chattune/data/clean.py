@@ -19,7 +19,9 @@ Per conversation, then:
     turn is left ("no assistant turn"), or when it repeats an earlier conversation exactly ("duplicate")
 """
 
+import hashlib
 import re
+from collections.abc import Iterable, Iterator
 
 import ftfy
 
@@ -38,18 +40,32 @@ TRAILING_SPACES = re.compile(r"[^\S\n]+(?=\n)")
 BLANK_LINES = re.compile(r"\n{3,}")
 
 
+def _collapse_spaces(text: str) -> str:
+    """Step 4. Each regex runs only where it can match: a plain substring test is ~20x cheaper than a scan with
+    look-arounds, and most turns of real logs need none of them. In ASCII
+    text the whitespace left after steps 1-3 is only space, tab and newline, so the tests are exact there."""
+    if not text.isascii() or "  " in text or "\t" in text:
+        text = INNER_SPACES.sub(" ", text)
+    if not text.isascii() or " \n" in text or "\t\n" in text:
+        text = TRAILING_SPACES.sub("", text)
+    if "\n\n\n" in text:
+        text = BLANK_LINES.sub("\n\n", text)
+    return text.strip()
+
+
 def clean_text(text: str, report: DataReport) -> str:
     """The repaired text of one turn; see the module docstring for the steps."""
-    fixed = LINE_BREAKS.sub("\n", text)
+    needs_breaks = "\r" in text or not text.isascii()  # U+2028/2029 are not ASCII
+    fixed = LINE_BREAKS.sub("\n", text) if needs_breaks else text
     # In ASCII text ftfy only fixes HTML entities and terminal escapes; skipping the rest makes chitchat ~5x faster.
     needs_ftfy = not fixed.isascii() or "&" in fixed or "\x1b" in fixed
     repaired = ftfy.fix_text(fixed, FTFY_CONFIG) if needs_ftfy else fixed
     if repaired != fixed:
         report.change("mojibake/unicode fixed")
-    no_controls = CONTROL_CHARS.sub("", repaired)
+    no_controls = repaired if repaired.isprintable() else CONTROL_CHARS.sub("", repaired)
     if no_controls != repaired:
         report.change("control characters removed")
-    collapsed = BLANK_LINES.sub("\n\n", TRAILING_SPACES.sub("", INNER_SPACES.sub(" ", no_controls))).strip()
+    collapsed = _collapse_spaces(no_controls)
     if collapsed != no_controls or fixed != text:
         report.change("whitespace collapsed")
     return collapsed
@@ -93,16 +109,24 @@ def _trim(conversation: Conversation, report: DataReport) -> Conversation:
     return conversation[:start] + conversation[start + leading : end]
 
 
-def clean_conversations(
-    conversations: list[Conversation],
+def _fingerprint(conversation: Conversation) -> bytes:
+    """16 bytes that stand for the whole conversation: duplicates are found without keeping every text twice
+    (a million conversations cost ~100 MB of digests instead of a second copy of the data)."""
+    text = "\x1f".join(f"{turn['role']}\x1e{turn['content']}" for turn in conversation)
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def clean_stream(
+    conversations: Iterable[Conversation],
     report: DataReport,
     *,
     min_chars: int = 1,  # a conversation with fewer characters in all its turns together is dropped ("too short")
     max_turn_chars: int | None = None,  # a conversation with a longer turn is dropped ("too long"); None: no limit
     max_turns: int | None = None,  # conversations are cut to their first max_turns turns; None: no limit
-) -> list[Conversation]:
-    """The conversations worth training on, cleaned; sets report.conversations and report.turns."""
-    kept, seen = [], set()
+) -> Iterator[Conversation]:
+    """The conversations worth training on, cleaned, one at a time; counts report.conversations and report.turns
+    as they pass."""
+    seen: set[bytes] = set()
     for conversation in conversations:
         if max_turns is not None and len(conversation) > max_turns:
             report.drop("turns over max_turns", len(conversation) - max_turns)
@@ -111,14 +135,19 @@ def clean_conversations(
         reason = _drop_reason(cleaned, min_chars, max_turn_chars)
         if reason is None:
             cleaned = _trim(cleaned, report)
-        key = tuple((turn["role"], turn["content"]) for turn in cleaned)
-        if reason is None and key in seen:
-            reason = "duplicate"
+            key = _fingerprint(cleaned)
+            if key in seen:
+                reason = "duplicate"
         if reason is not None:
             report.drop(reason)
             continue
         seen.add(key)
-        kept.append(cleaned)
-    report.conversations = len(kept)
-    report.turns = sum(len(conversation) for conversation in kept)
-    return kept
+        report.conversations += 1
+        report.turns += len(cleaned)
+        yield cleaned
+
+
+def clean_conversations(conversations: Iterable[Conversation], report: DataReport, **limits) -> list[Conversation]:
+    """The conversations worth training on, cleaned (see clean_stream for the keyword arguments)."""
+    report.conversations = report.turns = 0
+    return list(clean_stream(conversations, report, **limits))

@@ -7,15 +7,18 @@
 Every problem with the input raises InputError with one line that says where and what to do.
 """
 
+import itertools
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
-from chattune.data.clean import clean_conversations
+from chattune.data.clean import clean_stream
 from chattune.data.conversation import Conversation
 from chattune.data.readers.corpora import CORPORA, read_corpus
 from chattune.data.readers.csv_reader import read_csv
 from chattune.data.readers.hf_reader import read_hf_dataset
 from chattune.data.readers.jsonl_reader import read_json_records
+from chattune.data.readers.limits import ReadLimits, checked_file, read_error
 from chattune.data.readers.transcript_reader import read_transcript, speaker_of
 from chattune.data.report import DataReport
 from chattune.errors import InputError
@@ -29,10 +32,14 @@ SUPPORTED = (
 SNIFF_BYTES = 4096  # enough to see the first record or speaker line of a file without a known extension
 
 
-def _sniffed_format(path: Path) -> str:
+def _sniffed_format(path: Path, limits: ReadLimits) -> str:
     """"json" or "transcript" from the first bytes of a file whose extension says nothing, else InputError."""
-    with path.open("rb") as file:
-        head = file.read(SNIFF_BYTES).decode("utf-8-sig", errors="replace").lstrip()
+    checked_file(path, limits)
+    try:
+        with path.open("rb") as file:
+            head = file.read(SNIFF_BYTES).decode("utf-8-sig", errors="replace").lstrip()
+    except OSError as error:
+        raise read_error(path, error) from None
     if head.startswith(("{", "[")):
         return "json"
     if speaker_of(head.split("\n", 1)[0]) is not None:
@@ -40,26 +47,33 @@ def _sniffed_format(path: Path) -> str:
     raise InputError(f"{path}: unknown format; use one of: {SUPPORTED}")
 
 
-def _read(source: str, report: DataReport, prompt_column, response_column, first_speaker) -> list[Conversation]:
+def _read(source: str, report: DataReport, prompt_column, response_column, first_speaker,
+          limits: ReadLimits) -> Iterator[Conversation]:
     path = Path(source)
     if source in CORPORA and not path.exists():
-        return read_corpus(source, report)
+        return iter(read_corpus(source, report))
     if not path.exists():
         raise InputError(f"{source}: no such file or directory; give a path or one of the corpora: {CORPUS_NAMES}")
-    columns = {"prompt_column": prompt_column, "response_column": response_column}
+    options = {"prompt_column": prompt_column, "response_column": response_column, "limits": limits}
     suffix = path.suffix.lower()
     if path.is_dir() or suffix in (".parquet", ".arrow"):
-        return read_hf_dataset(path, report, **columns)
+        return read_hf_dataset(path, report, **options)
     if suffix in (".csv", ".tsv"):
-        return read_csv(path, report, **columns)
+        return read_csv(path, report, **options)
     if suffix in (".jsonl", ".json"):
-        return read_json_records(path, report, **columns)
-    if suffix == ".txt" or _sniffed_format(path) == "transcript":
-        return read_transcript(path, report, first_speaker=first_speaker)
-    return read_json_records(path, report, **columns)
+        return read_json_records(path, report, **options)
+    if suffix == ".txt" or _sniffed_format(path, limits) == "transcript":
+        return read_transcript(path, report, first_speaker=first_speaker, limits=limits)
+    return read_json_records(path, report, **options)
 
 
-def load_conversations(
+def _counted(conversations: Iterator[Conversation], report: DataReport) -> Iterator[Conversation]:
+    for conversation in conversations:
+        report.conversations_read += 1
+        yield conversation
+
+
+def stream_conversations(
     source: str,
     *,
     prompt_column: str | None = None,  # CSV column / record key of the user turn; None: found by name
@@ -67,23 +81,37 @@ def load_conversations(
     first_speaker: str = "user",  # transcripts: the role of each conversation's first speaker ("user"/"assistant")
     max_turn_chars: int | None = None,  # drop conversations with a longer turn; None: keep all
     limit: int | None = None,  # keep only the first `limit` conversations read, before cleaning; None: all
-) -> tuple[list[Conversation], DataReport]:
-    """(cleaned conversations, report) from a file, folder or corpus name; InputError when none are left."""
+    limits: ReadLimits = ReadLimits(),  # file and record size limits
+) -> tuple[Iterator[Conversation], DataReport]:
+    """(cleaned conversations, one at a time, report): memory stays flat however big the source. The report's
+    counts are final once the iterator is exhausted; call `check_kept(report)` then."""
     if first_speaker not in ("user", "assistant"):
         raise InputError(f"first_speaker must be 'user' or 'assistant', got {first_speaker!r}")
     report = DataReport(format="unknown", source=source)
-    conversations = _read(source, report, prompt_column, response_column, first_speaker)[:limit]
-    report.conversations_read = len(conversations)
-    if not conversations:
-        raise InputError(f"{source}: no conversations found ({report.format}); check that the file has data")
-    kept = clean_conversations(conversations, report, max_turn_chars=max_turn_chars)
-    if not kept:
+    read = _read(source, report, prompt_column, response_column, first_speaker, limits)
+    counted = _counted(itertools.islice(read, limit), report)
+    return clean_stream(counted, report, max_turn_chars=max_turn_chars), report
+
+
+def check_kept(report: DataReport) -> None:
+    """InputError when a source had no conversations, or none left after cleaning."""
+    if not report.conversations_read:
+        raise InputError(f"{report.source}: no conversations found ({report.format}); check that the file has data")
+    if not report.conversations:
         dropped = ", ".join(f"{reason} {count}" for reason, count in report.dropped.items())
         raise InputError(
-            f"{source}: no conversations left after cleaning (dropped: {dropped}); "
+            f"{report.source}: no conversations left after cleaning (dropped: {dropped}); "
             "each conversation needs a user turn answered by an assistant turn"
         )
-    return kept, report
+
+
+def load_conversations(source: str, **options) -> tuple[list[Conversation], DataReport]:
+    """(cleaned conversations, report) from a file, folder or corpus name; InputError when none are left. The
+    keyword arguments are stream_conversations'."""
+    stream, report = stream_conversations(source, **options)
+    conversations = list(stream)
+    check_kept(report)
+    return conversations, report
 
 
 def write_jsonl(conversations: list[Conversation], path: Path) -> Path:
@@ -94,9 +122,11 @@ def write_jsonl(conversations: list[Conversation], path: Path) -> Path:
 
 
 def reader_options(cfg) -> dict:
-    """The reader keyword arguments a ChatConfig names (columns, first speaker), for `load_conversations`."""
+    """The reader keyword arguments a ChatConfig names (columns, first speaker, size limits), for
+    `load_conversations`."""
     return dict(prompt_column=cfg.prompt_column, response_column=cfg.response_column,
-                first_speaker=cfg.first_speaker)
+                first_speaker=cfg.first_speaker,
+                limits=ReadLimits(max_file_bytes=cfg.max_file_bytes, max_record_bytes=cfg.max_record_bytes))
 
 
 def load_chat_split(cfg) -> tuple[list[Conversation], list[Conversation], dict]:

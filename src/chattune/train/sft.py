@@ -2,7 +2,8 @@
 
     chattune train configs/demo.yaml --output runs/demo
 
-Reads top to bottom: prepare the run folder -> load and split the data -> load the model -> score the base model
+Reads top to bottom: prepare the run folder -> read, split and tokenize the data (or take it from the cache,
+data/prepare.py) -> load the model -> score the base model
 on the held-out conversations -> train with transformers' Trainer (early stopping on eval loss, best checkpoint
 restored) -> score the tuned model -> write the run folder (layout: chattune/runs.py). The per-conversation scores
 are returned, so the evaluation that follows (`chattune.pipeline`) reuses them instead of scoring again.
@@ -18,14 +19,13 @@ import torch
 from rich.console import Console
 
 from chattune.config import ChatConfig, save_config
-from chattune.data.chat import token_stats, tokenize_conversations
 from chattune.data.collate import PadCollator
 from chattune.data.conversation import Conversation
-from chattune.data.load import load_chat_split
+from chattune.data.prepare import prepare_chat_data
 from chattune.errors import InputError
 from chattune.evaluate.likelihood import conversation_likelihoods, summarize_likelihoods
 from chattune.files import atomic_write_json
-from chattune.models import load_model
+from chattune.models import load_model, load_tokenizer
 from chattune.runs import Run
 from chattune.train.callbacks import RichProgress
 from chattune.train.common import (add_lora, build_trainer, cleanup_on_failure, prepare_run_folder, save_weights,
@@ -52,9 +52,10 @@ def train(cfg: ChatConfig, run: Path, *, resume: bool = False, overwrite: bool =
     with cleanup_on_failure(run, fresh=checkpoint is None):
         save_config(cfg, folder.config_path)
         seed_everything(cfg.seed)
-        train_set, eval_set, report = load_chat_split(cfg)
+        prepared = prepare_chat_data(cfg, load_tokenizer(cfg.model))  # read back from the cache when unchanged
+        train_examples, eval_examples, eval_set, report = (prepared.train_examples, prepared.eval_examples,
+                                                           prepared.eval_set, prepared.report)
         model, tokenizer = load_model(cfg.model)
-        train_examples, eval_examples = tokenize_split(cfg, tokenizer, train_set, eval_set, report)
         atomic_write_json(folder.data_report_path, report)
         console.print(f"data: {report['train_conversations']} train / {report['eval_conversations']} eval "
                       f"conversations, {report['train_tokens']['trained_total']} trained tokens")
@@ -87,21 +88,6 @@ def score(model, tokenizer, examples: list[dict], cfg: ChatConfig) -> list[dict]
     """Per-conversation likelihood rows. Reported numbers are scored in fp32 whatever the training precision, so
     runs compare across machines."""
     return conversation_likelihoods(model, examples, PadCollator(tokenizer.pad_token_id), cfg.eval_batch_size)
-
-
-def tokenize_split(cfg: ChatConfig, tokenizer, train_set, eval_set, report: dict):
-    train_examples, train_cut = tokenize_conversations(tokenizer, train_set, cfg.max_length, cfg.loss_on)
-    eval_examples, eval_cut = tokenize_conversations(tokenizer, eval_set, cfg.max_length, cfg.loss_on)
-    if not train_examples or not eval_examples:
-        raise InputError(
-            f"{cfg.data}: no conversation has a reply within max_length={cfg.max_length} tokens "
-            f"({len(train_examples)} train, {len(eval_examples)} eval left); raise max_length"
-        )
-    report.update({
-        "dropped_no_reply_within_max_length": {"train": train_cut, "eval": eval_cut},
-        "train_tokens": token_stats(train_examples),
-    })
-    return train_examples, eval_examples
 
 
 def use_bf16(precision: str, device) -> bool:

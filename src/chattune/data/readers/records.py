@@ -69,28 +69,38 @@ def find_columns(
     return columns
 
 
+class LongInteger(str):
+    """The digits of a JSON integer too long for Python's int/str conversion limit, kept as text so that one in a
+    key nobody reads does not stop the file; `text_field` refuses it in a turn."""
+
+
 def text_field(value: object, where: str) -> str:
     """A turn's text: strings as they are, numbers as text (YAML and JSON give `42`), null as empty (dropped later)."""
     if value is None:
         return ""
+    if isinstance(value, LongInteger):
+        raise InputError(f"{where}: an integer of {len(value):,} digits, not text; give the turn's text as a string")
     if isinstance(value, (str, int, float, bool)):
         return str(value)
     got = f"{type(value).__name__} {str(value)[:60]!r}"
     raise InputError(f"{where}: expected text, got {got}; give the turn's text as a string")
 
 
-def pair_to_conversation(record: dict, prompt: str, response: str, where: str) -> Conversation:
-    """[system?, user, assistant] from one record with a prompt and a response column."""
+def pair_to_conversation(record: dict, prompt: str, response: str, where: str,
+                         columns: dict[str, str] | None = None) -> Conversation:
+    """[system?, user, assistant] from one record with a prompt and a response column; `columns` is
+    by_lower(record keys), given by readers whose records all share one header."""
+    columns = columns if columns is not None else by_lower(list(record))
     user_text = text_field(record[prompt], f"{where}: {prompt}")
     # Alpaca: the "input" column is context for the "instruction"; dropping it would train on half a question.
-    input_column = by_lower(list(record)).get("input")
+    input_column = columns.get("input")
     if prompt.strip().lower() == "instruction" and input_column and record[input_column]:
         user_text += "\n\n" + text_field(record[input_column], f"{where}: {input_column}")
     conversation = [
         {"role": "user", "content": user_text},
         {"role": "assistant", "content": text_field(record[response], f"{where}: {response}")},
     ]
-    system_column = by_lower(list(record)).get("system")
+    system_column = columns.get("system")
     if system_column and record[system_column]:
         system_text = text_field(record[system_column], f"{where}: {system_column}")
         conversation.insert(0, {"role": "system", "content": system_text})

@@ -15,7 +15,6 @@ from chattune.data.readers.csv_reader import csv_records
 from chattune.data.readers.hf_reader import hf_rows
 from chattune.data.readers.jsonl_reader import json_records
 from chattune.data.readers.records import by_lower
-from chattune.data.readers.text import read_utf8
 from chattune.data.report import DataReport
 from chattune.errors import InputError
 
@@ -43,9 +42,10 @@ def file_records(path: Path, report: DataReport, pick_columns, kind: str) -> lis
         report.format = f"{kind}-hf"
         return [(f"{path}: row {index + 1}", row) for index, row in enumerate(hf_rows(path, report))]
     if suffix in (".csv", ".tsv"):
-        return csv_records(path, report, pick_columns)  # report.format: "csv" or "tsv", the delimiter found
-    container, records = json_records(path, read_utf8(path))
+        return list(csv_records(path, report, pick_columns))  # report.format: "csv" or "tsv", the delimiter found
+    container, stream = json_records(path)
     report.format = f"{kind}-{container}"
+    records = list(stream)
     for where, record in records:
         if not isinstance(record, dict):
             raise InputError(f"{where}: expected a JSON object per record, got {type(record).__name__}")

@@ -15,10 +15,12 @@ means a missing blank line between conversations or a continuation line that hap
 """
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from chattune.data.conversation import Conversation, append_turn
-from chattune.data.readers.text import read_utf8
+from chattune.data.readers.limits import ReadLimits, bounded_lines, open_checked
+from chattune.data.readers.text import text_encoding
 from chattune.data.report import DataReport
 from chattune.errors import InputError
 
@@ -59,15 +61,19 @@ def _conversation(path: Path, lines: list[tuple[int, str]], first_speaker: str) 
     return conversation
 
 
-def read_transcript(path: Path, report: DataReport, *, first_speaker: str = "user") -> list[Conversation]:
-    """One conversation per blank-line-separated block; the first speaker of each block gets `first_speaker`'s role."""
+def read_transcript(path: Path, report: DataReport, *, first_speaker: str = "user",
+                    limits: ReadLimits = ReadLimits()) -> Iterator[Conversation]:
+    """One conversation per blank-line-separated block, read block by block; the first speaker of each block gets
+    `first_speaker`'s role."""
     report.format = "transcript"
-    text = read_utf8(path).replace("\r\n", "\n")
-    conversations, block = [], []
-    for line_number, line in enumerate(text.split("\n") + [""], start=1):  # the extra "" ends the last block
-        if line.strip():
-            block.append((line_number, line))
-        elif block:
-            conversations.append(_conversation(path, block, first_speaker))
-            block = []
-    return conversations
+    block: list[tuple[int, str]] = []
+    with open_checked(path, limits, text_encoding(path, limits)) as file:
+        for line_number, line in bounded_lines(file, path, limits):
+            line = line.rstrip("\r\n")
+            if line.strip():
+                block.append((line_number, line))
+            elif block:
+                yield _conversation(path, block, first_speaker)
+                block = []
+    if block:
+        yield _conversation(path, block, first_speaker)
