@@ -89,12 +89,15 @@ def _train_config(args):
 
     from chattune.config import load_config
     from chattune.runs import Run
+    from chattune.train.distributed import launched_distributed
 
     overrides = list(args.set)
     if args.data is not None:
         overrides.append(f"data={json.dumps(args.data)}")
     if args.model is not None:
         overrides.append(f"model={json.dumps(args.model)}")
+    if args.output is None and launched_distributed():
+        raise InputError("under torchrun or accelerate launch, give --output RUN: every process writes that one folder")
     run = Path(args.output or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     if args.resume:  # a resumed run keeps the config it started with
         if not Run.is_run(run):
@@ -110,8 +113,14 @@ def cmd_train(args) -> None:
     from chattune.pipeline import train_and_evaluate
 
     cfg, run = _train_config(args)
+    if args.nproc > 1 or args.accelerate_config:
+        from chattune.train.launch import relaunch
+
+        raise SystemExit(relaunch(args.argv, args.nproc, args.accelerate_config, run))
     result = train_and_evaluate(cfg, run, resume=args.resume, overwrite=args.overwrite, merge=args.merge,
                                 console=Console(stderr=True))
+    if result is None:  # a rank other than 0 of a distributed launch: rank 0 reports
+        return
     if result["evaluation"] is not None:
         print_evaluation(result["evaluation"], Console())
     elif result["task"] == "summarize":  # eval_summaries: 0 skipped the evaluation
@@ -300,6 +309,10 @@ def _add_train_parser(verbs) -> None:
     train.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     train.add_argument("--merge", action="store_true", help="also save LoRA merged into the base weights (RUN/model)")
+    train.add_argument("--nproc", type=int, default=1, help="train in N processes on this machine (DDP through "
+                       "torchrun: gloo on CPU, NCCL on GPUs); the global batch is batch_size x accumulation x N")
+    train.add_argument("--accelerate-config", metavar="FILE", help="start the processes with `accelerate launch "
+                       "--config_file FILE` instead: FSDP or DeepSpeed ZeRO (configs/distributed/)")
     train.set_defaults(func=cmd_train)
 
 
@@ -452,7 +465,9 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `train --nproc` starts the same command again under torchrun
     if not args.debug:
         _quiet_libraries()
     try:
@@ -460,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         if args.debug:
             raise
-        print(f"chattune: error: {error}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank of a distributed launch fails alike; one says so
+            print(f"chattune: error: {error}", file=sys.stderr)
         return 2
     return 0
 
