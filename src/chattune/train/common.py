@@ -139,6 +139,7 @@ def training_arguments(cfg, run: Path, *, arguments_class=None, **task_arguments
         report_to=[name for name in cfg.report_to if name not in ("tensorboard", "none")] or "none",
         disable_tqdm=True,  # RichProgress draws the bar
         seed=cfg.seed,
+        ddp_find_unused_parameters=False,  # LoRA and full runs use every trainable weight each step
     )
     return (arguments_class or TrainingArguments)(**{**arguments, **task_arguments})
 
