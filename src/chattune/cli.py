@@ -136,6 +136,21 @@ def cmd_train(args) -> None:
         print(f"run folder: {run}\n  chat:     chattune chat {run}\n  generate: chattune generate {run} --prompt 'hi!'")
 
 
+def cmd_tune(args) -> None:
+    from rich.console import Console
+
+    from chattune.train.tune import tune
+
+    result = tune(args.config, Path(args.output), trials=args.trials, space_file=args.space,
+                  timeout_minutes=args.timeout, resume=args.resume, overrides=args.set, console=Console(stderr=True))
+    if result.best_number < 0:
+        print(f"no trial finished; see {result.folder / 'trials.csv'}")
+        return
+    baseline = f" (trial 0, the config as given: {result.baseline_perplexity:.3f})" if result.baseline_perplexity else ""
+    print(f"best trial {result.best_number}: held-out perplexity {result.best_perplexity:.3f}{baseline}\n"
+          f"  report: {result.folder / 'report.html'}\n  train:  chattune train {result.folder / 'best.yaml'}")
+
+
 def cmd_chat(args) -> None:
     from rich.console import Console
 
@@ -316,6 +331,22 @@ def _add_train_parser(verbs) -> None:
     train.set_defaults(func=cmd_train)
 
 
+def _add_tune_parser(verbs) -> None:
+    tune = verbs.add_parser("tune", help="search hyperparameters with Optuna (task: chat): each trial a short run, "
+                            "objective held-out perplexity; writes DIR/best.yaml and DIR/report.html")
+    tune.add_argument("config", help="YAML config to start from (trial 0 trains it as given)")
+    tune.add_argument("--trials", type=int, default=8, help="trials to run in this call (default 8)")
+    tune.add_argument("--space", metavar="FILE", help="YAML search space: key -> {float: [low, high], log: true} | "
+                      "{int: [low, high]} | {choice: [...]} (default: learning rate, LoRA r, alpha/r, dropout, "
+                      "weight decay, warm-up ratio; README Tune)")
+    tune.add_argument("--output", default="runs/tune", help="study folder (default runs/tune)")
+    tune.add_argument("--timeout", type=float, metavar="MIN", help="start no new trial after MIN minutes")
+    tune.add_argument("--resume", action="store_true", help="add trials to the study in --output")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key for every trial (repeatable)")
+    tune.set_defaults(func=cmd_tune)
+
+
 def _add_generation_parsers(verbs) -> None:
     chat = verbs.add_parser("chat", help="interactive terminal chat with a run or model (streams tokens)")
     chat.add_argument("run", help="run folder, or a model name/folder")
@@ -436,8 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chattune", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and library warnings")
     verbs = parser.add_subparsers(dest="verb", required=True)
-    for add_parsers in (_add_data_parser, _add_train_parser, _add_generation_parsers, _add_export_parsers,
-                        _add_evaluation_parsers, _add_serve_parsers):
+    for add_parsers in (_add_data_parser, _add_train_parser, _add_tune_parser, _add_generation_parsers,
+                        _add_export_parsers, _add_evaluation_parsers, _add_serve_parsers):
         add_parsers(verbs)
     return parser
 
