@@ -27,8 +27,8 @@ from chattune.errors import InputError
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
               "warmup_stable_decay", "greedy")
-MAX_SEED = 2**32 - 1
-REPORTERS = ("tensorboard", "wandb", "mlflow", "trackio", "none")  # transformers integrations chattune documents  # numpy's seed range, which transformers' set_seed also seeds
+MAX_SEED = 2**32 - 1  # numpy's seed range, which transformers' set_seed also seeds
+REPORTERS = ("tensorboard", "wandb", "mlflow", "trackio", "none")  # transformers integrations chattune documents
 
 
 @dataclass
