@@ -127,3 +127,29 @@ def test_the_seed_makes_a_run_reproducible(tmp_path, chat_jsonl, tiny_llama):
                      "--set", "max_steps=4", "--set", "lora.dropout=0.1"]) == 0
         losses.append(json.loads((run / "metrics.json").read_text())["tuned"]["loss"])
     assert losses[0] == losses[1]
+
+
+def test_report_to_none_writes_no_tensorboard_and_a_missing_tracker_is_one_line(tmp_path, chat_jsonl, tiny_llama,
+                                                                               capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", chat_jsonl, "--model", tiny_llama, "--output", str(run), *FAST,
+                 "--set", "max_steps=2", "--set", "report_to=none"]) == 0
+    assert not (run / "tensorboard").exists()
+    assert (run / "metrics.jsonl").read_text()  # our own log does not depend on report_to
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        assert main(["train", "--data", chat_jsonl, "--model", tiny_llama, "--output", str(tmp_path / "w"), *FAST,
+                     "--set", "max_steps=2", "--set", "report_to=[tensorboard, wandb]"]) == 2
+        assert "report_to=wandb: the wandb package is not installed; pip install wandb" in capsys.readouterr().err
+
+
+def test_report_to_names_are_checked_when_the_config_loads():
+    from chattune.config import load_config
+    from chattune.errors import InputError
+
+    assert load_config(None, ["report_to=mlflow"]).report_to == ["mlflow"]
+    with pytest.raises(InputError, match="report_to"):
+        load_config(None, ["report_to=[none, wandb]"])
+    with pytest.raises(InputError, match="report_to"):
+        load_config(None, ["report_to=comet"])

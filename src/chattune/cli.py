@@ -111,12 +111,15 @@ def _train_config(args):
 
     from chattune.config import load_config
     from chattune.runs import Run
+    from chattune.train.distributed import launched_distributed
 
     overrides = list(args.set)
     if args.data is not None:
         overrides.append(f"data={json.dumps(args.data)}")
     if args.model is not None:
         overrides.append(f"model={json.dumps(args.model)}")
+    if args.output is None and launched_distributed():
+        raise InputError("under torchrun or accelerate launch, give --output RUN: every process writes that one folder")
     run = Path(args.output or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     if args.resume:  # a resumed run keeps the config it started with
         if not Run.is_run(run):
@@ -132,8 +135,14 @@ def cmd_train(args) -> None:
     from chattune.pipeline import train_and_evaluate
 
     cfg, run = _train_config(args)
+    if args.nproc > 1 or args.accelerate_config:
+        from chattune.train.launch import relaunch
+
+        raise SystemExit(relaunch(args.argv, args.nproc, args.accelerate_config, run))
     result = train_and_evaluate(cfg, run, resume=args.resume, overwrite=args.overwrite, merge=args.merge,
                                 console=Console(stderr=True))
+    if result is None:  # a rank other than 0 of a distributed launch: rank 0 reports
+        return
     if result["evaluation"] is not None:
         print_evaluation(result["evaluation"], Console())
     elif result["task"] == "summarize":  # eval_summaries: 0 skipped the evaluation
@@ -147,6 +156,21 @@ def cmd_train(args) -> None:
               "--input dialogues.txt")
     else:
         print(f"run folder: {run}\n  chat:     chattune chat {run}\n  generate: chattune generate {run} --prompt 'hi!'")
+
+
+def cmd_tune(args) -> None:
+    from rich.console import Console
+
+    from chattune.train.tune import tune
+
+    result = tune(args.config, Path(args.output), trials=args.trials, space_file=args.space,
+                  timeout_minutes=args.timeout, resume=args.resume, overrides=args.set, console=Console(stderr=True))
+    if result.best_number < 0:
+        print(f"no trial finished; see {result.folder / 'trials.csv'}")
+        return
+    baseline = f" (trial 0, the config as given: {result.baseline_perplexity:.3f})" if result.baseline_perplexity else ""
+    print(f"best trial {result.best_number}: held-out perplexity {result.best_perplexity:.3f}{baseline}\n"
+          f"  report: {result.folder / 'report.html'}\n  train:  chattune train {result.folder / 'best.yaml'}")
 
 
 def cmd_chat(args) -> None:
@@ -330,7 +354,27 @@ def _add_train_parser(verbs) -> None:
     train.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     train.add_argument("--merge", action="store_true", help="also save LoRA merged into the base weights (RUN/model)")
+    train.add_argument("--nproc", type=int, default=1, help="train in N processes on this machine (DDP through "
+                       "torchrun: gloo on CPU, NCCL on GPUs); the global batch is batch_size x accumulation x N")
+    train.add_argument("--accelerate-config", metavar="FILE", help="start the processes with `accelerate launch "
+                       "--config_file FILE` instead: FSDP or DeepSpeed ZeRO (configs/distributed/)")
     train.set_defaults(func=cmd_train)
+
+
+def _add_tune_parser(verbs) -> None:
+    tune = verbs.add_parser("tune", help="search hyperparameters with Optuna (task: chat): each trial a short run, "
+                            "objective held-out perplexity; writes DIR/best.yaml and DIR/report.html")
+    tune.add_argument("config", help="YAML config to start from (trial 0 trains it as given)")
+    tune.add_argument("--trials", type=int, default=8, help="trials to run in this call (default 8)")
+    tune.add_argument("--space", metavar="FILE", help="YAML search space: key -> {float: [low, high], log: true} | "
+                      "{int: [low, high]} | {choice: [...]} (default: learning rate, LoRA r, alpha/r, dropout, "
+                      "weight decay, warm-up ratio; README Tune)")
+    tune.add_argument("--output", default="runs/tune", help="study folder (default runs/tune)")
+    tune.add_argument("--timeout", type=float, metavar="MIN", help="start no new trial after MIN minutes")
+    tune.add_argument("--resume", action="store_true", help="add trials to the study in --output")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key for every trial (repeatable)")
+    tune.set_defaults(func=cmd_tune)
 
 
 def _add_generation_parsers(verbs) -> None:
@@ -453,8 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chattune", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and library warnings")
     verbs = parser.add_subparsers(dest="verb", required=True)
-    for add_parsers in (_add_data_parser, _add_train_parser, _add_generation_parsers, _add_export_parsers,
-                        _add_evaluation_parsers, _add_serve_parsers):
+    for add_parsers in (_add_data_parser, _add_train_parser, _add_tune_parser, _add_generation_parsers,
+                        _add_export_parsers, _add_evaluation_parsers, _add_serve_parsers):
         add_parsers(verbs)
     return parser
 
@@ -483,7 +527,9 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `train --nproc` starts the same command again under torchrun
     if not args.debug:
         _quiet_libraries()
     try:
@@ -491,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         if args.debug:
             raise
-        print(f"chattune: error: {error}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank of a distributed launch fails alike; one says so
+            print(f"chattune: error: {error}", file=sys.stderr)
         return 2
     return 0
 

@@ -29,6 +29,7 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
               "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
               "warmup_stable_decay", "greedy")
 MAX_SEED = 2**32 - 1  # numpy's seed range, which transformers' set_seed also seeds
+REPORTERS = ("tensorboard", "wandb", "mlflow", "trackio", "none")  # transformers integrations chattune documents
 
 
 @dataclass
@@ -87,6 +88,10 @@ class TrainConfig:
     save_total_limit: int = 2  # checkpoints kept on disk (the best one is always kept)
     logging_steps: int = 10  # log train loss every N steps
     eval_batch_size: int = 8  # examples per evaluation batch
+    # --- experiment tracking ---
+    # where training logs go: tensorboard (RUN/tensorboard), wandb, mlflow, trackio (transformers' integrations;
+    # pip install the one you name), a list of them, or none
+    report_to: str | list[str] = "tensorboard"
 
     def __post_init__(self) -> None:
         if not isinstance(self.lora, LoraSettings):
@@ -105,6 +110,7 @@ class TrainConfig:
         _check(self.max_length >= 16, "max_length", self.max_length, "an integer of at least 16 tokens")
         self._check_optimisation()
         self._check_schedule()
+        self._check_reporting()
         if self.learning_rate is None:
             self.learning_rate = 2e-4 if self.method == "lora" else 2e-5
 
@@ -131,6 +137,12 @@ class TrainConfig:
                "a positive integer (the best checkpoint is always kept)")
         _check(self.logging_steps > 0, "logging_steps", self.logging_steps, "a positive integer")
         _check(self.eval_batch_size > 0, "eval_batch_size", self.eval_batch_size, "a positive integer")
+
+    def _check_reporting(self) -> None:
+        names = [self.report_to] if isinstance(self.report_to, str) else self.report_to
+        _check(bool(names) and all(name in REPORTERS for name in names) and ("none" not in names or len(names) == 1),
+               "report_to", self.report_to, f"one of {', '.join(REPORTERS)}, or a list of them")
+        self.report_to = names
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -20,8 +20,9 @@ from chattune.runs import Run
 
 
 def train_and_evaluate(cfg: TaskConfig, run: Path, *, resume: bool = False, overwrite: bool = False,
-                       merge: bool = False, console: Console | None = None) -> dict:
-    """Train the config's task into `run`, then evaluate it; returns {"run", "task", "metrics", "evaluation"}."""
+                       merge: bool = False, console: Console | None = None) -> dict | None:
+    """Train the config's task into `run`, then evaluate it; returns {"run", "task", "metrics", "evaluation"}
+    (None on the ranks other than 0 of a distributed launch)."""
     console = console or Console(stderr=True)
     if isinstance(cfg, ClassifyConfig):
         if resume:
@@ -37,6 +38,8 @@ def _chat(cfg: ChatConfig, run: Path, resume: bool, overwrite: bool, merge: bool
     from chattune.train.sft import train
 
     held_out = train(cfg, run, resume=resume, overwrite=overwrite, merge=merge, console=console)
+    if held_out is None:  # a rank other than 0 of a distributed launch: rank 0 evaluates and reports
+        return None
     folder = Run.open(run)
     evaluation = None
     if cfg.eval_replies:  # base vs tuned replies with bootstrap intervals -> RUN/eval.json, RUN/report.html
@@ -61,6 +64,8 @@ def _summarize(cfg: SummarizeConfig, run: Path, resume: bool, overwrite: bool, m
     from chattune.train.summarize import train_summarizer
 
     held_out = train_summarizer(cfg, run, resume=resume, overwrite=overwrite, merge=merge, console=console)
+    if held_out is None:  # a rank other than 0 of a distributed launch: rank 0 evaluates and reports
+        return None
     folder = Run.open(run)
     evaluation = None
     if cfg.eval_summaries:  # zero-shot base vs tuned summaries with bootstrap intervals -> eval.json, report.html

@@ -63,10 +63,19 @@ class RichProgress(TrainerCallback):
 
 
 class MetricsLog(TrainerCallback):
-    """Append every log (train loss, learning rate, eval loss) as one JSON line to `path`."""
+    """Append every log (train loss, learning rate, eval loss) as one JSON line to `path`. A resumed run first drops
+    the lines logged after its checkpoint's step: it logs those steps again."""
 
     def __init__(self, path: Path):
         self.path = path
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step == 0 or not self.path.is_file():
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        # a kill during an append leaves a torn last line (no newline): it goes too
+        kept = [line for line in lines if line.endswith("\n") and json.loads(line)["step"] <= state.global_step]
+        atomic_write_text(self.path, "".join(kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         with self.path.open("a", encoding="utf-8") as out:
@@ -77,6 +86,8 @@ class CheckpointMarker(TrainerCallback):
     """Mark a checkpoint complete after the Trainer has written all of it (on_save runs after the save)."""
 
     def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:  # rank 0 wrote the checkpoint
+            return
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         atomic_write_text(folder / COMPLETE_MARKER, f"{state.global_step}\n")
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from chattune.errors import InputError
 from chattune.runs import Run
 from chattune.train.callbacks import CheckpointMarker, MetricsLog, last_complete_checkpoint
+from chattune.train.disk import checkpoint_bytes, full_disk_is_input_error, weights_bytes
+from chattune.train.distributed import from_main_process, is_main_process
 
 
 def check_output_folder(run: Path) -> None:
@@ -41,14 +43,20 @@ def check_output_folder(run: Path) -> None:
 
 
 def prepare_run_folder(run: Path, *, resume: bool, overwrite: bool) -> Path | None:
-    """Return the checkpoint to resume from (or None for a new run); refuse to clobber an existing run."""
+    """Return the checkpoint to resume from (or None for a new run); refuse to clobber an existing run. Under a
+    distributed launch rank 0 decides and every rank gets its answer (or its error)."""
+    checkpoint = from_main_process(lambda: _prepare_run_folder(run, resume=resume, overwrite=overwrite))
+    return Path(checkpoint) if checkpoint else None
+
+
+def _prepare_run_folder(run: Path, *, resume: bool, overwrite: bool) -> str | None:
     check_output_folder(run)
     if resume:
         checkpoints = Run(run).checkpoints_dir
         checkpoint = last_complete_checkpoint(checkpoints) if checkpoints.is_dir() else None
         if checkpoint is None:
             raise InputError(f"{run}: no complete checkpoint to resume from; start a new run without --resume")
-        return checkpoint
+        return str(checkpoint)
     if run.exists() and any(run.iterdir()):
         if not overwrite:
             raise InputError(f"{run}: run folder exists; pass --overwrite to replace it, or --resume to continue it")
@@ -65,7 +73,7 @@ def cleanup_on_failure(run: Path, *, fresh: bool) -> Iterator[None]:
         yield
     except BaseException:
         checkpoints = Run(run).checkpoints_dir
-        if fresh and not (checkpoints.is_dir() and last_complete_checkpoint(checkpoints)):
+        if fresh and is_main_process() and not (checkpoints.is_dir() and last_complete_checkpoint(checkpoints)):
             shutil.rmtree(run, ignore_errors=True)
         raise
 
@@ -127,37 +135,89 @@ def training_arguments(cfg, run: Path, *, arguments_class=None, **task_arguments
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         logging_steps=cfg.logging_steps,
-        report_to="none",  # TensorBoard is written by our own callback into RUN/tensorboard
+        # TensorBoard is written by our own callback into RUN/tensorboard; the others through transformers' own
+        report_to=[name for name in cfg.report_to if name not in ("tensorboard", "none")] or "none",
         disable_tqdm=True,  # RichProgress draws the bar
         seed=cfg.seed,
+        ddp_find_unused_parameters=False,  # LoRA and full runs use every trainable weight each step
     )
     return (arguments_class or TrainingArguments)(**{**arguments, **task_arguments})
 
 
 def build_trainer(cfg, run: Path, model, tokenizer, train_set, eval_set, collator, progress, *,
-                  trainer_class=None, compute_metrics=None, **task_arguments):
-    """A Trainer with the shared callbacks: progress, metrics.jsonl, checkpoint markers, TensorBoard, early stop."""
-    from torch.utils.tensorboard import SummaryWriter
+                  trainer_class=None, compute_metrics=None, callbacks=(), **task_arguments):
+    """A Trainer with the shared callbacks: progress, metrics.jsonl, checkpoint markers, TensorBoard, early stop;
+    `callbacks` adds a caller's own (tune's pruning). Only rank 0 of a distributed launch shows and logs."""
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer
-    from transformers.integrations import TensorBoardCallback
 
+    check_reporters_installed(cfg.report_to)
     run_folder = Run(run)
-    callbacks = [progress, MetricsLog(run_folder.metrics_log_path), CheckpointMarker(),
-                 TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_folder.tensorboard_dir)))]
+    shared = [CheckpointMarker()]
+    if is_main_process():
+        shared += [progress, MetricsLog(run_folder.metrics_log_path)]
+        if "tensorboard" in cfg.report_to:
+            shared.append(_tensorboard_callback(run_folder.tensorboard_dir))
     if cfg.early_stopping_patience > 0:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+        shared.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = (trainer_class or Trainer)(
         model=model, args=training_arguments(cfg, run, **task_arguments), data_collator=collator,
         train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer, compute_metrics=compute_metrics,
-        callbacks=callbacks)
+        callbacks=shared + list(callbacks))
     trainer.remove_callback(PrinterCallback)  # RichProgress prints instead of raw log dicts
     return trainer
+
+
+def _tensorboard_callback(folder: Path):
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(folder)))
+
+
+# report_to names -> the package transformers' integration needs (optional extras; tensorboard is a dependency)
+REPORTER_PACKAGES = {"wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
+
+
+def check_reporters_installed(report_to: list[str]) -> None:
+    import importlib.util
+
+    for name in report_to:
+        package = REPORTER_PACKAGES.get(name)
+        if package and importlib.util.find_spec(package) is None:
+            raise InputError(f"config: report_to={name}: the {package} package is not installed; "
+                             f"pip install {package}, or drop {name} from report_to")
+
+
+def global_batch(trainer) -> dict[str, int]:
+    """What one optimizer step sees: batch_size x gradient_accumulation x world_size (recorded in metrics.json)."""
+    return {"world_size": trainer.args.world_size,
+            "global_batch_size": trainer.get_total_train_batch_size(trainer.args)}
+
+
+def train_or_finish(trainer, checkpoint: Path | None) -> None:
+    """trainer.train(), resumed from `checkpoint` when there is one. A checkpoint of the final step (the run was
+    killed after it, before writing its results) only has its best weights loaded: the Trainer would resume into
+    the last epoch and take one step past max_steps when max_steps is not a whole number of epochs."""
+    from transformers import TrainerState
+
+    if checkpoint is not None:
+        state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+        *_, max_steps = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())
+        if state.global_step >= max_steps:
+            trainer.state = state
+            best = state.best_model_checkpoint
+            # the same loader the Trainer uses for resuming and for load_best_model_at_end (no public one exists)
+            trainer._load_from_checkpoint(best if best and Path(best).is_dir() else str(checkpoint))
+            return
+    checkpoints = Path(trainer.args.output_dir)
+    with full_disk_is_input_error(checkpoints, needed=checkpoint_bytes(trainer.model, checkpoints)):
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
 
 def save_weights(model, tokenizer, folder: Path) -> None:
     """Weights and tokenizer (with its chat template) into `folder`, atomically."""
     from chattune.files import atomic_directory
 
-    with atomic_directory(folder) as tmp:
+    with full_disk_is_input_error(folder, needed=weights_bytes(model)), atomic_directory(folder) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -146,6 +146,10 @@ class FastTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.accelerator.num_processes > 1:
+            # target_only_loss calls the decoder inside the model, past the DDP/FSDP wrapper whose forward does the
+            # gradient sync and parameter gathering; the model's own loss over the same labels is the same number
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         # accelerate applies bf16 autocast by wrapping model.forward; the decoder is called directly here, so the
         # autocast has to be entered explicitly (without it this path silently ran in fp32)
         with self.accelerator.autocast():

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from rich.console import Console
 
 from chattune.config import ChatConfig, save_config
@@ -28,8 +27,9 @@ from chattune.files import atomic_write_json
 from chattune.models import load_model, load_tokenizer
 from chattune.runs import Run
 from chattune.train.callbacks import RichProgress
-from chattune.train.common import (add_lora, build_trainer, cleanup_on_failure, prepare_run_folder, save_weights,
-                                   seed_everything)
+from chattune.train.common import (add_lora, build_trainer, cleanup_on_failure, global_batch, prepare_run_folder,
+                                   save_weights, seed_everything, train_or_finish)
+from chattune.train.distributed import is_main_process, process_state
 from chattune.train.fast import (PLAIN_HEAD_MODEL_TYPES, FastTrainer, PackedCollator, bf16_supported,
                                  compile_decoder_layers, pack_examples, supports_target_only_loss)
 
@@ -44,30 +44,44 @@ class HeldOut:
 
 
 def train(cfg: ChatConfig, run: Path, *, resume: bool = False, overwrite: bool = False, merge: bool = False,
-          console: Console | None = None) -> HeldOut:
+          console: Console | None = None, callbacks=(), run_name: str | None = None) -> HeldOut | None:
+    """Train into `run`; None on the ranks other than 0 of a distributed launch (rank 0 writes and evaluates).
+    `callbacks` and `run_name` are for `chattune tune` (pruning; the trial's name in wandb/mlflow/trackio)."""
     console = console or Console(stderr=True)
     started = time.time()
     checkpoint = prepare_run_folder(run, resume=resume, overwrite=overwrite)
     folder = Run(run)
+    main = is_main_process()
     with cleanup_on_failure(run, fresh=checkpoint is None):
-        save_config(cfg, folder.config_path)
+        if main:
+            save_config(cfg, folder.config_path)
         seed_everything(cfg.seed)
         prepared = prepare_chat_data(cfg, load_tokenizer(cfg.model))  # read back from the cache when unchanged
         train_examples, eval_examples, eval_set, report = (prepared.train_examples, prepared.eval_examples,
                                                            prepared.eval_set, prepared.report)
         model, tokenizer = load_model(cfg.model)
-        atomic_write_json(folder.data_report_path, report)
-        console.print(f"data: {report['train_conversations']} train / {report['eval_conversations']} eval "
-                      f"conversations, {report['train_tokens']['trained_total']} trained tokens")
-        model.to("cuda" if torch.cuda.is_available() else "cpu")
+        if main:
+            atomic_write_json(folder.data_report_path, report)
+            console.print(f"data: {report['train_conversations']} train / {report['eval_conversations']} eval "
+                          f"conversations, {report['train_tokens']['trained_total']} trained tokens")
+        model.to(process_state().device)  # this rank's GPU under torchrun, else the one GPU or the CPU
         bf16 = use_bf16(cfg.precision, model.device)
         base_rows = score(model, tokenizer, eval_examples, cfg)
         base = summarize_likelihoods(base_rows)
-        console.print(f"base model: eval loss {base['loss']:.4f}  ppl {base['perplexity']:.2f}")
+        if main:
+            console.print(f"base model: eval loss {base['loss']:.4f}  ppl {base['perplexity']:.2f}")
         if cfg.method == "lora":
             model = add_lora(model, cfg)
-        trainer = make_trainer(cfg, run, model, tokenizer, train_examples, eval_examples, bf16, console)
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        trainer = make_trainer(cfg, run, model, tokenizer, train_examples, eval_examples, bf16, console,
+                               callbacks=callbacks, run_name=run_name)
+        batch = global_batch(trainer)
+        if main:
+            console.print(f"global batch: {batch['global_batch_size']} conversations or packed rows "
+                          f"({cfg.batch_size} per process x {cfg.gradient_accumulation} accumulated x "
+                          f"{batch['world_size']} processes)")
+        train_or_finish(trainer, checkpoint)
+    if not main:
+        return None
     model = trainer.model  # the best checkpoint, restored by load_best_model_at_end
     model.config.use_cache = True  # make_trainer turned it off for training
     tuned_rows = score(model, tokenizer, eval_examples, cfg)
@@ -79,6 +93,7 @@ def train(cfg: ChatConfig, run: Path, *, resume: bool = False, overwrite: bool =
         "perplexity_change": tuned["perplexity"] / base["perplexity"] - 1.0,
         "steps": trainer.state.global_step,
         "best_checkpoint": trainer.state.best_model_checkpoint,
+        **batch,
         "train_seconds": round(time.time() - started, 1),
     })
     return HeldOut(eval_set, {"base": base_rows, "tuned": tuned_rows})
@@ -96,7 +111,8 @@ def use_bf16(precision: str, device) -> bool:
     return precision == "bf16" or (precision == "auto" and bf16_supported(device))
 
 
-def make_trainer(cfg: ChatConfig, run: Path, model, tokenizer, train_examples, eval_examples, bf16: bool, console):
+def make_trainer(cfg: ChatConfig, run: Path, model, tokenizer, train_examples, eval_examples, bf16: bool, console, *,
+                 callbacks=(), run_name: str | None = None):
     # Without a KV cache transformers derives the block-causal mask of packed rows from their position ids (the
     # target-only loss asks for that itself; a model's own forward, used for other architectures, needs this).
     model.config.use_cache = False
@@ -113,7 +129,8 @@ def make_trainer(cfg: ChatConfig, run: Path, model, tokenizer, train_examples, e
         compile_decoder_layers(model)
     return build_trainer(
         cfg, run, model, tokenizer, train_examples, eval_examples, collator, RichProgress(console),
-        trainer_class=FastTrainer if supports_target_only_loss(model) else None,
+        trainer_class=FastTrainer if supports_target_only_loss(model) else None, callbacks=callbacks,
+        run_name=run_name,
         # packed rows are all ~max_length; unpacked, similar lengths together means less padding
         train_sampling_strategy="random" if cfg.packing else "group_by_length",
         bf16=bf16,

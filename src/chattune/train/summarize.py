@@ -22,7 +22,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
 from rich.console import Console
 
 from chattune.config import SummarizeConfig, save_config
@@ -34,40 +33,50 @@ from chattune.files import atomic_write_json
 from chattune.models import load_any_model
 from chattune.runs import Run
 from chattune.train.callbacks import RichProgress
-from chattune.train.common import add_lora, build_trainer, cleanup_on_failure, prepare_run_folder, save_weights
+from chattune.train.common import (add_lora, build_trainer, cleanup_on_failure, global_batch, prepare_run_folder,
+                                   save_weights, seed_everything, train_or_finish)
+from chattune.train.distributed import is_main_process, process_state
 from chattune.train.fast import FastTrainer, PackedCollator, bf16_supported, pack_examples, supports_target_only_loss
 
 
 def train_summarizer(cfg: SummarizeConfig, run: Path, *, resume: bool = False, overwrite: bool = False,
-                     merge: bool = False, console: Console | None = None) -> list[Pair]:
-    """Train into `run`; returns the held-out pairs that fit max_length (the ones the evaluation summarises)."""
+                     merge: bool = False, console: Console | None = None) -> list[Pair] | None:
+    """Train into `run`; returns the held-out pairs that fit max_length (the ones the evaluation summarises), or
+    None on the ranks other than 0 of a distributed launch."""
     console = console or Console(stderr=True)
     started = time.time()
     checkpoint = prepare_run_folder(run, resume=resume, overwrite=overwrite)
     folder = Run(run)
+    main = is_main_process()  # only rank 0 of a distributed launch writes
     with cleanup_on_failure(run, fresh=checkpoint is None):
-        save_config(cfg, folder.config_path)
+        if main:
+            save_config(cfg, folder.config_path)
+        seed_everything(cfg.seed)
         train_pairs, eval_pairs, report = load_pairs_split(cfg)
         model, tokenizer = load_any_model(cfg.model)
         seq2seq = model.config.is_encoder_decoder
         train_set, _ = encode(cfg, model, tokenizer, train_pairs, report, "train")
         eval_set, eval_pairs = encode(cfg, model, tokenizer, eval_pairs, report, "eval")
-        atomic_write_json(folder.data_report_path, report)
+        if main:
+            atomic_write_json(folder.data_report_path, report)
         console.print(f"data: {len(train_set)} train / {len(eval_set)} eval pairs, "
                       f"{report['train_tokens']['trained_total']} trained summary tokens; "
                       f"{'seq2seq' if seq2seq else 'causal LM'} model {cfg.model}")
-        model.to("cuda" if torch.cuda.is_available() else "cpu")
+        model.to(process_state().device)  # this rank's GPU under torchrun, else the one GPU or the CPU
         if cfg.method == "lora":
             model = add_lora(model, cfg, "SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM")
         make = seq2seq_trainer if seq2seq else causal_trainer
         trainer = make(cfg, run, model, tokenizer, train_set, eval_set, RichProgress(console))
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        train_or_finish(trainer, checkpoint)
+    if not main:
+        return None
     model = trainer.model  # the best checkpoint, restored by load_best_model_at_end
     _save_model(cfg, folder, model, tokenizer, merge)
     atomic_write_json(folder.metrics_path, {
         "best_eval_loss": trainer.state.best_metric,  # summary tokens of the held-out pairs
         "steps": trainer.state.global_step,
         "best_checkpoint": trainer.state.best_model_checkpoint,
+        **global_batch(trainer),
         "train_seconds": round(time.time() - started, 1),
     })
     return eval_pairs

@@ -1,0 +1,91 @@
+"""Several processes, one run, on CPU (gloo): `chattune train --nproc 2` against one process with the same global
+batch, and torchrun as two "nodes" on this machine. Each launch starts Python twice (~1 min on 2 shared cores)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from chattune.cli import main
+
+# dropout off: each process draws its own dropout masks, so with dropout the two schedules differ by design
+SAME = ["--set", "eval_steps=2", "--set", "logging_steps=1", "--set", "learning_rate=0.01", "--set", "precision=fp32",
+        "--set", "eval_replies=0", "--set", "max_steps=4", "--set", "max_length=64", "--set", "lora.dropout=0"]
+
+
+def _env():
+    src = os.path.join(os.path.dirname(__file__), "..", "src")
+    return {**os.environ, "PYTHONPATH": os.path.abspath(src), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _assert_same_training(one, many):
+    single, distributed = (json.loads((run / "metrics.json").read_text()) for run in (one, many))
+    assert distributed["world_size"] == 2 and distributed["global_batch_size"] == single["global_batch_size"] == 4
+    assert distributed["tuned"]["loss"] == pytest.approx(single["tuned"]["loss"], abs=1e-5)
+    weights = [load_file(run / "adapter" / "adapter_model.safetensors") for run in (one, many)]
+    for name, tensor in weights[0].items():
+        assert torch.allclose(tensor, weights[1][name], atol=1e-5), name
+    # rank 0 alone logged: one TensorBoard file, each step's train loss once
+    assert len(list((many / "tensorboard").iterdir())) == 1
+    logged = [json.loads(line) for line in (many / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in logged if "loss" in row] == [1, 2, 3, 4]
+
+
+@pytest.fixture
+def single_process_run(tmp_path, chat_jsonl, tiny_llama):
+    run = tmp_path / "one"
+    assert main(["train", "--data", chat_jsonl, "--model", tiny_llama, "--output", str(run), *SAME,
+                 "--set", "batch_size=4"]) == 0
+    return run
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, chat_jsonl, tiny_llama,
+                                                                 single_process_run):
+    many = tmp_path / "ddp"
+    command = [sys.executable, "-m", "chattune", "train", "--data", chat_jsonl, "--model", tiny_llama,
+               "--output", str(many), *SAME, "--set", "batch_size=2", "--nproc", "2"]
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "global batch: 4" in done.stderr  # (Rich wraps the rest of the line at 80 columns)
+    _assert_same_training(single_process_run, many)
+
+
+def test_two_nodes_of_one_process_each_rendezvous_on_localhost(tmp_path, chat_jsonl, tiny_llama,
+                                                               single_process_run):
+    many = tmp_path / "nodes"
+    port = str(_free_port())
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+         "--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port", port,
+         "-m", "chattune", "train", "--data", chat_jsonl, "--model", tiny_llama, "--output", str(many), *SAME,
+         "--set", "batch_size=2"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rank in (0, 1)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    _assert_same_training(single_process_run, many)
+
+
+def test_distributed_launch_needs_an_explicit_run_folder(monkeypatch, capsys, chat_jsonl):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", "--data", chat_jsonl]) == 2
+    assert "give --output RUN" in capsys.readouterr().err
+
+
+def test_a_deepspeed_config_without_deepspeed_is_one_line(tmp_path, capsys, chat_jsonl):
+    if __import__("importlib").util.find_spec("deepspeed") is not None:
+        pytest.skip("deepspeed is installed here")
+    config = os.path.join(os.path.dirname(__file__), "..", "configs", "distributed", "deepspeed-zero2.yaml")
+    assert main(["train", "--data", chat_jsonl, "--output", str(tmp_path / "run"), "--nproc", "2",
+                 "--accelerate-config", config]) == 2
+    assert "DeepSpeed is not installed; pip install 'chattune[deepspeed]'" in capsys.readouterr().err
