@@ -4,7 +4,7 @@
     with cleanup_on_failure(run, fresh=checkpoint is None):
         trainer = build_trainer(cfg, run, model, tokenizer, train_set, eval_set, collator, RichProgress(console))
 
-A task (sft.py, classify.py, summarize.py) is one file that reads top to bottom and calls these; nothing here knows
+A task (sft.py, classify.py, summarize.py, align.py) is one file that reads top to bottom and calls these; nothing here knows
 a task.
 """
 
@@ -137,13 +137,9 @@ def training_arguments(cfg, run: Path, *, arguments_class=None, **task_arguments
 def build_trainer(cfg, run: Path, model, tokenizer, train_set, eval_set, collator, progress, *,
                   trainer_class=None, compute_metrics=None, **task_arguments):
     """A Trainer with the shared callbacks: progress, metrics.jsonl, checkpoint markers, TensorBoard, early stop."""
-    from torch.utils.tensorboard import SummaryWriter
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer
-    from transformers.integrations import TensorBoardCallback
 
-    run_folder = Run(run)
-    callbacks = [progress, MetricsLog(run_folder.metrics_log_path), CheckpointMarker(),
-                 TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_folder.tensorboard_dir)))]
+    callbacks = shared_callbacks(run, progress)
     if cfg.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = (trainer_class or Trainer)(
@@ -152,6 +148,17 @@ def build_trainer(cfg, run: Path, model, tokenizer, train_set, eval_set, collato
         callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # RichProgress prints instead of raw log dicts
     return trainer
+
+
+def shared_callbacks(run: Path, progress) -> list:
+    """What every trainer of a run reports to: the progress line, RUN/metrics.jsonl, checkpoint markers,
+    RUN/tensorboard. TRL's trainers (train/align.py) take these too; remove PrinterCallback after building one."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    run_folder = Run(run)
+    return [progress, MetricsLog(run_folder.metrics_log_path), CheckpointMarker(),
+            TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_folder.tensorboard_dir)))]
 
 
 def save_weights(model, tokenizer, folder: Path) -> None:
