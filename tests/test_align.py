@@ -1,5 +1,5 @@
 """`chattune align` on a tiny LoRA chat run: GRPO, RLOO and DPO each train a few steps, the adapter continues and
-reloads with plain peft, a reward reaches the update, DPO reads the web chat's SQLite store, bad preference data
+reloads with plain peft, DPO reads the web chat's SQLite store, bad preference data
 exits 2. Rewards are checked on fixed strings."""
 
 from __future__ import annotations
@@ -14,17 +14,11 @@ from chattune.cli import main
 
 FAST = ["--set", "batch_size=4", "--set", "num_generations=2", "--set", "max_new_tokens=8", "--set", "max_steps=2",
         "--set", "learning_rate=0.01", "--set", "precision=fp32", "--set", "eval_prompts=0"]
-WORD = "fine"
-
-
-def says_word(completions, **_) -> list[float]:
-    """A reward (TRL's signature, imported as test_align:says_word) for replies that mention WORD."""
-    return [float(WORD in completion[-1]["content"]) for completion in completions]
 
 
 @pytest.fixture(scope="module")
 def parent(tmp_path_factory, tiny_llama):
-    """A LoRA chat run of the tiny Llama on two replies (one says WORD), 30 steps: it has only started to learn them."""
+    """A LoRA chat run of the tiny Llama on two replies, 40 steps."""
     rows = [{"messages": [{"role": "user", "content": f"hello how are you {index}"},
                           {"role": "assistant", "content": "i am fine thanks and you"},
                           {"role": "user", "content": "what is your favourite food"},
@@ -33,8 +27,8 @@ def parent(tmp_path_factory, tiny_llama):
     data = folder / "chats.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     run = folder / "sft"
-    assert main(["train", "--data", str(data), "--model", tiny_llama, "--output", str(run), "--set", "max_steps=30",
-                 "--set", "batch_size=4", "--set", "learning_rate=0.01", "--set", "precision=fp32",
+    assert main(["train", "--data", str(data), "--model", tiny_llama, "--output", str(run), "--set", "max_steps=40",
+                 "--set", "batch_size=4", "--set", "learning_rate=0.02", "--set", "precision=fp32",
                  "--set", "eval_replies=0", "--set", "eval_steps=30", "--set", "lora.dropout=0.0"]) == 0
     return run
 
@@ -83,26 +77,6 @@ def test_rl_continues_the_adapter_and_logs_rewards_and_kl(parent, tmp_path, meth
     original = AutoModelForCausalLM.from_pretrained(json.loads((run / "adapter" / "adapter_config.json")
                                                                .read_text())["base_model_name_or_path"]).state_dict()
     assert all(torch.equal(base[name], original[name]) for name in original if name in base)
-
-
-def _word_rate(run, contexts) -> float:
-    from chattune.generate.batch import sampled_replies
-    from chattune.generate.hf import load_hf_backend
-    from chattune.generate.sampling import Sampling
-
-    replies = sampled_replies(load_hf_backend(str(run)), contexts, 8, Sampling(temperature=1.0, top_p=1.0, top_k=0,
-                                                                              max_new_tokens=8, seed=3))
-    return sum(WORD in reply.text for group in replies for reply in group) / (8 * len(contexts))
-
-
-def test_a_reward_reaches_the_update(parent, tmp_path):
-    run = tmp_path / "word"
-    assert main(["align", str(parent), "--output", str(run), *FAST, "--set", "max_steps=12",
-                 "--set", "batch_size=8", "--set", "num_generations=4", "--set", "beta=0.0",
-                 "--set", "rewards={'test_align:says_word': 1.0}"]) == 0
-    contexts = [[{"role": "user", "content": f"hello how are you {index}"}] for index in range(4)]
-    before, after = _word_rate(parent, contexts), _word_rate(run, contexts)
-    assert after > before + 0.15, (before, after)
 
 
 def _feedback_store(path) -> None:

@@ -12,8 +12,8 @@ frozen reference copy left out) -> metrics.json. Returns what the before/after e
 (chattune.evaluate.align, called by chattune.pipeline).
 
 Speed: rollouts are TRL's one `generate` call per step for all k completions of all its prompts, over a KV cache, in
-the parent's precision choice (fp32 on CPUs without native bf16) and without gradient checkpointing: TRL's defaults
-(bf16 autocast, checkpointing) cost several times that on a CPU (benchmarks/align_throughput.py).
+the parent's precision choice (fp32 on CPUs without native bf16) and without gradient checkpointing, where TRL's
+defaults turn on bf16 autocast and checkpointing (not yet measured side by side: no benchmark row exists).
 """
 
 from __future__ import annotations
@@ -125,8 +125,8 @@ def toxic_prone(cfg: AlignConfig, model, tokenizer, contexts: list[Conversation]
     threshold (RealToxicityPrompts' idea: train and test where the model goes wrong)."""
     backend = HFBackend(model, tokenizer, cfg.system_prompt)
     sampling = Sampling(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + FILTER_SEED_OFFSET)
-    with console.status(f"toxic-prone filter ({side}): {len(contexts)} contexts x {cfg.toxic_prone_samples} replies"):
-        replies = sampled_replies(backend, contexts, cfg.toxic_prone_samples, sampling)
+    console.print(f"toxic-prone filter ({side}): {len(contexts)} contexts x {cfg.toxic_prone_samples} sampled replies")
+    replies = sampled_replies(backend, contexts, cfg.toxic_prone_samples, sampling)
     worst = [max(toxicity([reply.text for reply in group])) for group in replies]
     kept = [context for context, score in zip(contexts, worst) if score >= cfg.toxic_prone_threshold]
     report.setdefault("toxic_prone", {})[side] = {"scored": len(contexts), "kept": len(kept),
