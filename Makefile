@@ -1,4 +1,6 @@
 # make demo   fine-tune the offline default model on real chit-chat and show base vs tuned (~11 min on 2 cores)
+# make detox  GRPO on the demo run's toxic-prone chit-chat contexts (toxicity + relevance rewards), then the parent vs
+#             aligned table with bootstrap intervals; builds runs/demo first when it is missing
 # make summarize  SmolLM2 LoRA summarising aclsum paper abstracts: zero-shot vs tuned ROUGE (~15 min on 2 cores)
 # make test   the test suite (offline; tiny models built in the tests, plus a few on the real SmolLM2)
 # Each starts from nothing: it creates .venv and installs everything first.
@@ -10,7 +12,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 TEST_INSTALLED := $(VENV)/.installed-test
 
-.PHONY: install demo summarize test bench clean
+.PHONY: install demo detox summarize test bench clean
 
 $(INSTALLED): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +37,12 @@ install: $(INSTALLED)
 
 demo: install
 	$(BIN)/chattune train configs/demo.yaml --output runs/demo --overwrite
+
+runs/demo/adapter: | $(INSTALLED)
+	$(BIN)/chattune train configs/demo.yaml --output runs/demo --overwrite
+
+detox: install runs/demo/adapter
+	$(BIN)/chattune align runs/demo configs/detox.yaml --output runs/detox --overwrite
 
 summarize: install
 	$(BIN)/chattune train configs/summarize.yaml --output runs/summarize --overwrite

@@ -173,6 +173,34 @@ def cmd_tune(args) -> None:
           f"  report: {result.folder / 'report.html'}\n  train:  chattune train {result.folder / 'best.yaml'}")
 
 
+def _align_config(args):
+    """The align run's config: the parent run's data, model and split, then CONFIG, then the flags and --set."""
+    from chattune.config import align_config
+    from chattune.runs import Run
+
+    parent = Run.open(args.run)
+    overrides = list(args.set)
+    flags = {"algorithm": args.method, "prompts": args.prompts, "preferences": args.data}
+    overrides += [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
+    if args.toxic_prone:
+        overrides.append("toxic_prone=true")
+    cfg = align_config(parent.config.to_dict(), str(parent.path), args.config, overrides)
+    return cfg, Path(args.output or f"{parent.path}-{cfg.algorithm}")
+
+
+def cmd_align(args) -> None:
+    from rich.console import Console
+
+    from chattune.evaluate.align import print_alignment
+    from chattune.pipeline import align_and_evaluate
+
+    cfg, run = _align_config(args)
+    result = align_and_evaluate(cfg, run, overwrite=args.overwrite, console=Console(stderr=True))
+    if result["evaluation"] is not None:
+        print_alignment(result["evaluation"], Console())
+    print(f"run folder: {run}\n  chat:     chattune chat {run}\n  compare:  {run / 'alignment.json'}")
+
+
 def cmd_chat(args) -> None:
     from rich.console import Console
 
@@ -377,6 +405,27 @@ def _add_tune_parser(verbs) -> None:
     tune.set_defaults(func=cmd_tune)
 
 
+def _add_align_parser(verbs) -> None:
+    align = verbs.add_parser("align", help="continue a chat run with GRPO/RLOO on rewards (toxicity, relevance, ...) "
+                             "or DPO on preference pairs (a file, or the web chat's feedback store)")
+    align.add_argument("run", help="the chat run to continue (its LoRA adapter or full weights, data split, model)")
+    align.add_argument("config", nargs="?", help="YAML config of task: align (configs/detox.yaml lists every key); "
+                       "the parent run gives data, model and split")
+    align.add_argument("--method", choices=["grpo", "rloo", "dpo"], help="the algorithm (default: the config's, grpo)")
+    align.add_argument("--data", help="dpo: preference pairs, a JSONL/CSV of prompt/chosen/rejected (e.g. `chattune "
+                       "feedback export --format dpo`) or the SQLite file of `chattune serve --db`")
+    align.add_argument("--prompts", help="grpo/rloo: chat data whose contexts are the prompts (default: the parent "
+                       "run's training split)")
+    align.add_argument("--toxic-prone", action="store_true", help="grpo/rloo: keep only contexts where the parent's "
+                       "sampled replies reach toxic_prone_threshold, for training and for the held-out evaluation")
+    align.add_argument("--output", help="run folder (default RUN-METHOD, e.g. runs/demo-grpo)")
+    align.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set max_steps=20 --set 'rewards={toxicity: 1, length: 0.2}' "
+                       "(repeatable)")
+    align.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    align.set_defaults(func=cmd_align)
+
+
 def _add_generation_parsers(verbs) -> None:
     chat = verbs.add_parser("chat", help="interactive terminal chat with a run or model (streams tokens)")
     chat.add_argument("run", help="run folder, or a model name/folder")
@@ -497,8 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chattune", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and library warnings")
     verbs = parser.add_subparsers(dest="verb", required=True)
-    for add_parsers in (_add_data_parser, _add_train_parser, _add_tune_parser, _add_generation_parsers,
-                        _add_export_parsers, _add_evaluation_parsers, _add_serve_parsers):
+    for add_parsers in (_add_data_parser, _add_train_parser, _add_tune_parser, _add_align_parser,
+                        _add_generation_parsers, _add_export_parsers, _add_evaluation_parsers, _add_serve_parsers):
         add_parsers(verbs)
     return parser
 

@@ -245,9 +245,104 @@ class SummarizeConfig(TrainConfig):
         _check(self.num_beams >= 1, "num_beams", self.num_beams, "a positive integer (1 is greedy)")
 
 
-CONFIGS = {"chat": ChatConfig, "classify": ClassifyConfig, "summarize": SummarizeConfig}
+ALGORITHMS = ("grpo", "rloo", "dpo")
+BUILTIN_REWARDS = ("toxicity", "relevance", "ending", "length")  # train/rewards.py; `module:function` adds one
+
+
+@dataclass
+class AlignConfig(ChatConfig):
+    """task: align — continue a chat run toward what users want: GRPO or RLOO on weighted reward functions, or DPO on
+    preference pairs, all on TRL's trainers (train/align.py). `chattune align RUN` fills the data, model, LoRA,
+    system prompt and split from the parent run (ALIGN_INHERITS), so the held-out conversations stay held out."""
+
+    task: str = "align"
+    parent: str | None = None  # the chat run this one continues (LoRA: its adapter; full: its weights); set by align
+    algorithm: str = "grpo"  # grpo | rloo | dpo (`--method` of `chattune align`; `method` stays lora/full)
+    # GRPO/RLOO: reward name -> weight; the total reward is the weighted sum. Built in: toxicity (1 - p(toxic)),
+    # relevance (MiniLM cosine to the conversation so far), ending (ended with end-of-turn), length; or
+    # "package.module:function" with TRL's reward signature. Detoxifying alone drifts to bland or empty replies, so
+    # relevance keeps the replies on the conversation.
+    rewards: dict[str, float] = field(default_factory=lambda: {"toxicity": 1.0, "relevance": 0.5})
+    prompts: str | None = None  # GRPO/RLOO contexts from this chat data; null: the parent run's training split
+    preferences: str | None = None  # DPO pairs: JSONL/CSV/JSON of prompt/chosen/rejected, or a `serve` SQLite store
+    toxic_prone: bool = False  # keep only contexts where the parent's sampled replies reach toxic_prone_threshold
+    toxic_prone_threshold: float = 0.1  # max p(toxic) over the samples; chit-chat replies average ~0.05
+    toxic_prone_samples: int = 4  # replies sampled per context to judge it (seeded apart from the evaluation's)
+    train_prompts: int | None = None  # train on at most N contexts (after the toxic-prone filter); null: all
+    num_generations: int = 4  # completions per prompt (k); GRPO/RLOO score each against the others of its prompt
+    max_new_tokens: int = 32  # longest completion; chit-chat replies end within ~25 tokens, and decoding is the cost
+    temperature: float = 1.0  # sampling temperature of the completions (1.0: the policy's own distribution)
+    # GRPO/RLOO: weight of the KL penalty to the parent model (0 drops the reference model and the KL); DPO: how far
+    # the policy may move from the parent. null: 0.04 for GRPO/RLOO (the DeepSeekMath GRPO value), 0.1 for DPO
+    # (the DPO paper's and TRL's)
+    beta: float | None = None
+    length_min_words: int = 3  # `length` reward: no penalty from this many words...
+    length_max_words: int = 40  # ...up to this many; outside, a penalty that grows to -1 with the distance
+    logging_steps: int = 1  # KL and rewards move a lot from step to step; log every one
+    eval_prompts: int = 64  # held-out contexts replied to by the parent and the aligned model; 0 skips the evaluation
+    eval_samples: int = 4  # sampled replies per held-out context (k), besides the greedy one
+
+    def __post_init__(self) -> None:
+        if self.beta is None:
+            self.beta = 0.1 if self.algorithm == "dpo" else 0.04
+        if self.learning_rate is None:  # RL moves a trained policy: lower than SFT's 2e-4 / 2e-5
+            self.learning_rate = 5e-5 if self.method == "lora" else 1e-6
+        super().__post_init__()
+        _check(self.parent is None or bool(self.parent.strip()), "parent", self.parent, "a run folder")
+        _check(self.algorithm in ALGORITHMS, "algorithm", self.algorithm, f"one of {', '.join(ALGORITHMS)}")
+        _check(bool(self.rewards) and all(name in BUILTIN_REWARDS or ":" in name for name in self.rewards), "rewards",
+               self.rewards, f"a mapping of {', '.join(BUILTIN_REWARDS)} or module:function to weights")
+        for key in ("prompts", "preferences"):
+            _check(getattr(self, key) is None or bool(getattr(self, key).strip()), key, getattr(self, key),
+                   "a file or corpus name, or null")
+        _check(0.0 <= self.toxic_prone_threshold < 1.0, "toxic_prone_threshold", self.toxic_prone_threshold,
+               "a probability in [0, 1)")
+        _check(self.preferences is None or self.algorithm == "dpo", "preferences", self.preferences,
+               "null unless algorithm is dpo (GRPO and RLOO reply to prompts: give those with `prompts`)")
+        _check(self.toxic_prone_samples >= 1, "toxic_prone_samples", self.toxic_prone_samples, "a positive integer")
+        _check(self.train_prompts is None or self.train_prompts > 0, "train_prompts", self.train_prompts,
+               "a positive integer, or null for all")
+        self._check_sampling()
+
+    def _check_sampling(self) -> None:
+        _check(self.num_generations >= 2, "num_generations", self.num_generations,
+               "an integer of at least 2 (GRPO and RLOO compare completions of the same prompt)")
+        if self.algorithm != "dpo":
+            _check(self.batch_size % self.num_generations == 0, "batch_size", self.batch_size,
+                   f"a multiple of num_generations={self.num_generations} (a batch holds whole groups of completions)")
+        _check(self.max_new_tokens > 0, "max_new_tokens", self.max_new_tokens, "a positive integer")
+        _check(self.temperature > 0, "temperature", self.temperature, "a positive number")
+        _check(self.beta >= 0, "beta", self.beta, "a number >= 0")
+        _check(0 < self.length_min_words <= self.length_max_words, "length_min_words", self.length_min_words,
+               f"a positive integer no larger than length_max_words={self.length_max_words}")
+        _check(self.eval_prompts >= 0, "eval_prompts", self.eval_prompts, "an integer >= 0 (0 skips the evaluation)")
+        _check(self.eval_samples >= 1, "eval_samples", self.eval_samples, "a positive integer")
+
+
+# What an align run takes from its parent chat run: the same data, split, model and prompt format, so the held-out
+# conversations of the parent stay unseen and chat/serve/export read the aligned run as they read the parent.
+ALIGN_INHERITS = ("data", "eval_data", "eval_fraction", "limit", "eval_limit", "model", "method", "lora", "max_length",
+                  "prompt_column", "response_column", "first_speaker", "system_prompt", "loss_on", "precision", "seed",
+                  "eval_max_new_tokens")
+
+
+def align_config(parent_values: dict[str, Any], parent: str, path: str | Path | None = None,
+                 overrides: list[str] = ()) -> AlignConfig:
+    """The config of an align run: the parent run's ALIGN_INHERITS values, then the YAML file, then `--set`."""
+    values = {key: parent_values[key] for key in ALIGN_INHERITS if key in parent_values}
+    values.update(read_yaml(Path(path)) if path is not None else {})
+    for assignment in overrides:
+        apply_override(values, assignment)
+    values.setdefault("task", "align")
+    _check(values["task"] == "align", "task", values["task"], "'align' in an align config (or leave it out)")
+    _check(values.get("method", "lora") == parent_values.get("method", "lora"), "method", values.get("method"),
+           f"the parent run's {parent_values.get('method')!r}: an align run continues its weights")
+    return _build(AlignConfig, {**values, "parent": parent})
+
+
+CONFIGS = {"chat": ChatConfig, "classify": ClassifyConfig, "summarize": SummarizeConfig, "align": AlignConfig}
 TASK_OF = {cls: task for task, cls in CONFIGS.items()}
-TaskConfig = ChatConfig | ClassifyConfig | SummarizeConfig
+TaskConfig = ChatConfig | ClassifyConfig | SummarizeConfig | AlignConfig
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -302,6 +397,12 @@ def _typed(key: str, kind: str, value: Any) -> Any:
     if "int" in allowed:
         _check(isinstance(value, int) and not isinstance(value, bool), key, value, "an integer")
         return value
+    if "dict[str,float]" in allowed:
+        _check(isinstance(value, dict) and all(isinstance(name, str) and isinstance(weight, (int, float))
+                                               and not isinstance(weight, bool) and math.isfinite(weight)
+                                               for name, weight in value.items()),
+               key, value, "a mapping of names to numbers, e.g. {toxicity: 1.0, relevance: 0.5}")
+        return {name: float(weight) for name, weight in value.items()}
     if "list[str]" in allowed and isinstance(value, list):
         _check(all(isinstance(item, str) for item in value), key, value, "a list of names")
         return value

@@ -2,6 +2,7 @@
 
     result = train_and_evaluate(load_config("configs/demo.yaml"), Path("runs/demo"))
     result["evaluation"]["metrics"]       # eval.json: base vs tuned with intervals (None when eval_replies is 0)
+    result = align_and_evaluate(align_config(...), Path("runs/detox"))   # alignment.json: parent vs aligned
 
 Training (chattune.train) and evaluation (chattune.evaluate) never import each other; this module hands what
 training measured (the held-out conversations and their base/tuned likelihoods) to the evaluation, so nothing is
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from chattune.config import ChatConfig, ClassifyConfig, SummarizeConfig, TaskConfig
+from chattune.config import AlignConfig, ChatConfig, ClassifyConfig, SummarizeConfig, TaskConfig
 from chattune.errors import InputError
 from chattune.runs import Run
 
@@ -71,6 +72,21 @@ def _summarize(cfg: SummarizeConfig, run: Path, resume: bool, overwrite: bool, m
     if cfg.eval_summaries:  # zero-shot base vs tuned summaries with bootstrap intervals -> eval.json, report.html
         evaluation = evaluate_summaries(folder, limit=cfg.eval_summaries, compare_base=True, held_out=held_out,
                                         console=console)
+    return {"run": run, "task": cfg.task, "metrics": folder.metrics(), "evaluation": evaluation}
+
+
+def align_and_evaluate(cfg: AlignConfig, run: Path, *, overwrite: bool = False, console: Console | None = None) -> dict:
+    """`chattune align`: align the parent run into `run`, then score parent vs aligned on the held-out contexts;
+    returns {"run", "task", "metrics", "evaluation"} (evaluation None when eval_prompts is 0)."""
+    from chattune.evaluate.align import evaluate_alignment
+    from chattune.train.align import align
+
+    console = console or Console(stderr=True)
+    aligned = align(cfg, run, overwrite=overwrite, console=console)
+    folder = Run.open(run)
+    evaluation = None
+    if cfg.eval_prompts:
+        evaluation = evaluate_alignment(folder, aligned.eval_contexts, aligned.eval_conversations, console=console)
     return {"run": run, "task": cfg.task, "metrics": folder.metrics(), "evaluation": evaluation}
 
 

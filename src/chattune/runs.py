@@ -13,6 +13,7 @@ A run folder describes itself, so `chat`, `eval`, `serve`, `export` and plain tr
     RUN/metrics.json       base vs tuned likelihood on the held-out conversations, steps, best checkpoint
     RUN/metrics.jsonl      every training log line
     RUN/eval.json          `chattune eval` (every number and reply), rendered as RUN/report.html
+    RUN/alignment.json     `chattune align`: the parent run vs the aligned one on held-out contexts (task: align)
     RUN/checkpoints/       Trainer checkpoints for --resume
     RUN/tensorboard/       loss curves for TensorBoard
     RUN/model-<quant>.gguf the run exported for llama.cpp (written on first use)
@@ -87,6 +88,10 @@ class Run:
     @property
     def eval_path(self) -> Path:
         return self.path / "eval.json"
+
+    @property
+    def alignment_path(self) -> Path:
+        return self.path / "alignment.json"
 
     @property
     def report_path(self) -> Path:

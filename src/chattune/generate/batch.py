@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,3 +40,16 @@ def reply_to_prompts(name: str, prompts: list[str], sampling: Sampling, batch_si
         chunk = prompts[first : first + batch_size]
         replies = backend.replies([[{"role": "user", "content": prompt}] for prompt in chunk], sampling)
         yield from zip(chunk, (reply.text for reply in replies))
+
+
+def sampled_replies(backend, contexts: list[list[dict]], k: int, sampling: Sampling, batch_rows: int = 32
+                    ) -> list[list]:
+    """k sampled replies (generate.text.Reply) to each context: every context repeated k times and decoded
+    `batch_rows` rows at a time over one KV cache. A seeded `sampling` gives each batch its own seed (seed + batch
+    index), so the same call draws the same replies."""
+    rows = [context for context in contexts for _ in range(k)]
+    replies = []
+    for index, first in enumerate(range(0, len(rows), batch_rows)):
+        seed = None if sampling.seed is None else sampling.seed + index
+        replies += backend.replies(rows[first : first + batch_rows], dataclasses.replace(sampling, seed=seed))
+    return [replies[first : first + k] for first in range(0, len(replies), k)]

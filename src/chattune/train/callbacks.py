@@ -48,7 +48,10 @@ class RichProgress(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
-            self.progress.update(self.task, loss=f"loss {logs['loss']:.3f}")
+            # TRL's GRPO/RLOO log the total reward and the KL to the reference model; a DPO step its reward margin
+            shown = {"loss": "loss", "reward": "reward", "kl": "KL", "rewards/margins": "margin"}
+            line = "  ".join(f"{label} {logs[key]:.3f}" for key, label in shown.items() if key in logs)
+            self.progress.update(self.task, loss=line)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         loss = metrics["eval_loss"]

@@ -4,7 +4,7 @@
     with cleanup_on_failure(run, fresh=checkpoint is None):
         trainer = build_trainer(cfg, run, model, tokenizer, train_set, eval_set, collator, RichProgress(console))
 
-A task (sft.py, classify.py, summarize.py) is one file that reads top to bottom and calls these; nothing here knows
+A task (sft.py, classify.py, summarize.py, align.py) is one file that reads top to bottom and calls these; nothing here knows
 a task.
 """
 
@@ -146,17 +146,10 @@ def training_arguments(cfg, run: Path, *, arguments_class=None, **task_arguments
 
 def build_trainer(cfg, run: Path, model, tokenizer, train_set, eval_set, collator, progress, *,
                   trainer_class=None, compute_metrics=None, callbacks=(), **task_arguments):
-    """A Trainer with the shared callbacks: progress, metrics.jsonl, checkpoint markers, TensorBoard, early stop;
-    `callbacks` adds a caller's own (tune's pruning). Only rank 0 of a distributed launch shows and logs."""
+    """A Trainer with the shared callbacks and early stop; `callbacks` adds a caller's own (tune's pruning)."""
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer
 
-    check_reporters_installed(cfg.report_to)
-    run_folder = Run(run)
-    shared = [CheckpointMarker()]
-    if is_main_process():
-        shared += [progress, MetricsLog(run_folder.metrics_log_path)]
-        if "tensorboard" in cfg.report_to:
-            shared.append(_tensorboard_callback(run_folder.tensorboard_dir))
+    shared = shared_callbacks(cfg, run, progress)
     if cfg.early_stopping_patience > 0:
         shared.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = (trainer_class or Trainer)(
@@ -165,6 +158,20 @@ def build_trainer(cfg, run: Path, model, tokenizer, train_set, eval_set, collato
         callbacks=shared + list(callbacks))
     trainer.remove_callback(PrinterCallback)  # RichProgress prints instead of raw log dicts
     return trainer
+
+
+def shared_callbacks(cfg, run: Path, progress) -> list:
+    """What every trainer of a run reports to: checkpoint markers, and on rank 0 of a distributed launch the
+    progress line, RUN/metrics.jsonl and RUN/tensorboard (when in report_to). TRL's trainers (train/align.py) take
+    these too; remove PrinterCallback after building one."""
+    check_reporters_installed(cfg.report_to)
+    run_folder = Run(run)
+    shared = [CheckpointMarker()]
+    if is_main_process():
+        shared += [progress, MetricsLog(run_folder.metrics_log_path)]
+        if "tensorboard" in cfg.report_to:
+            shared.append(_tensorboard_callback(run_folder.tensorboard_dir))
+    return shared
 
 
 def _tensorboard_callback(folder: Path):

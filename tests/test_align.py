@@ -1,0 +1,131 @@
+"""`chattune align` on a tiny LoRA chat run: GRPO, RLOO and DPO each train a few steps, the adapter continues and
+reloads with plain peft, DPO reads the web chat's SQLite store, bad preference data
+exits 2. Rewards are checked on fixed strings."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from chattune.cli import main
+
+FAST = ["--set", "batch_size=4", "--set", "num_generations=2", "--set", "max_new_tokens=8", "--set", "max_steps=2",
+        "--set", "learning_rate=0.01", "--set", "precision=fp32", "--set", "eval_prompts=0"]
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory, tiny_llama):
+    """A LoRA chat run of the tiny Llama on two replies, 40 steps."""
+    rows = [{"messages": [{"role": "user", "content": f"hello how are you {index}"},
+                          {"role": "assistant", "content": "i am fine thanks and you"},
+                          {"role": "user", "content": "what is your favourite food"},
+                          {"role": "assistant", "content": "i like pizza and pasta a lot"}]} for index in range(40)]
+    folder = tmp_path_factory.mktemp("align")
+    data = folder / "chats.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    run = folder / "sft"
+    assert main(["train", "--data", str(data), "--model", tiny_llama, "--output", str(run), "--set", "max_steps=40",
+                 "--set", "batch_size=4", "--set", "learning_rate=0.02", "--set", "precision=fp32",
+                 "--set", "eval_replies=0", "--set", "eval_steps=30", "--set", "lora.dropout=0.0"]) == 0
+    return run
+
+
+def adapter_weights(run) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run / "adapter" / "adapter_model.safetensors")
+
+
+def test_rewards_rank_fixed_replies():
+    from chattune.evaluate.relevance import SentenceEncoder
+    from chattune.train.rewards import ending_reward, length_reward, relevance_reward, toxicity_reward
+
+    clean, toxic = toxicity_reward(["thanks, have a lovely day", "shut up you stupid idiot"])
+    assert clean > 0.8 > 0.2 > toxic
+    context = [{"role": "system", "content": "be kind"}, {"role": "user", "content": "what should i cook for dinner?"}]
+    on_topic, off_topic, empty = relevance_reward(SentenceEncoder.load(), [context] * 3,
+                                                  ["you could cook pasta with tomatoes", "the stock market fell", ""])
+    assert on_topic > 0.3 > off_topic and empty == 0.0
+    assert ending_reward([[5, 9], [5, 6], [5] * 9], stop_ids=[9], max_new_tokens=8) == [1.0, 0.0, 0.0]
+    assert length_reward(["one two three", "", "a " * 80], 3, 40) == [0.0, -1.0, -1.0]
+
+
+@pytest.mark.parametrize("method", ["grpo", "rloo"])
+def test_rl_continues_the_adapter_and_logs_rewards_and_kl(parent, tmp_path, method):
+    run = tmp_path / method
+    assert main(["align", str(parent), "--method", method, "--output", str(run), *FAST,
+                 "--set", "rewards={toxicity: 1.0, ending: 0.5, length: 0.2}"]) == 0
+    before, after = adapter_weights(parent), adapter_weights(run)
+    assert before.keys() == after.keys()  # the same adapter continued (no "ref" copy saved beside it)
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [row for row in logged if "reward" in row]
+    assert len(steps) == 2 and all(math.isfinite(row["loss"]) and "kl" in row for row in steps)
+    assert all(f"rewards/{name}/mean" in steps[0] for name in ("toxicity", "ending", "length"))
+    config = (run / "config.yaml").read_text()
+    assert f"parent: {parent}" in config and f"algorithm: {method}" in config
+
+    from peft import AutoPeftModelForCausalLM
+
+    model = AutoPeftModelForCausalLM.from_pretrained(run / "adapter")  # plain peft, over the untouched base
+    base = model.get_base_model().state_dict()
+    from transformers import AutoModelForCausalLM
+
+    original = AutoModelForCausalLM.from_pretrained(json.loads((run / "adapter" / "adapter_config.json")
+                                                               .read_text())["base_model_name_or_path"]).state_dict()
+    assert all(torch.equal(base[name], original[name]) for name in original if name in base)
+
+
+def _feedback_store(path) -> None:
+    """Replies with thumbs and an edit, stored through the server's own store."""
+    from chattune.serve.store import Store, StoredReply
+
+    store = Store(path)
+    for reply_id, prompt, content, changes in [
+        ("a", "hello how are you 1", "i like pizza", {"rating": -1, "edited": "i am fine thanks and you"}),
+        ("b", "what is your favourite food", "i am fine", {"rating": -1}),
+        ("c", "what is your favourite food", "i like pizza and pasta a lot", {"rating": 1}),
+    ]:
+        store.add_reply(StoredReply(id=reply_id, conversation_id=reply_id, model="sft",
+                                    messages=[{"role": "user", "content": prompt}], content=content,
+                                    finish_reason="stop", temperature=0.7, top_p=0.9, max_tokens=16, seed=None,
+                                    prompt_tokens=5, completion_tokens=5))
+        store.set_feedback(reply_id, changes)
+    store.close()
+
+
+def test_dpo_trains_on_the_web_chat_store(parent, tmp_path):
+    from chattune.data.preferences import read_preferences
+
+    db = tmp_path / "chats.sqlite"
+    _feedback_store(db)
+    pairs = read_preferences(db)
+    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [
+        ("i am fine thanks and you", "i like pizza"), ("i like pizza and pasta a lot", "i am fine")]
+    run = tmp_path / "dpo"
+    assert main(["align", str(parent), "--method", "dpo", "--data", str(db), "--output", str(run), *FAST]) == 0
+    before, after = adapter_weights(parent), adapter_weights(run)
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert losses and all(math.isfinite(loss) for loss in losses)
+    assert json.loads((run / "data_report.json").read_text())["preferences"]["pairs"] == 2
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"prompt": "hi", "chosen": "yo"}\n', "no 'rejected' column"),
+    ('{"prompt": "hi", "chosen": "yo", "rejected": "yo"}\n', "chosen and rejected are the same reply"),
+    ('{"prompt": "hi", "chosen": " ", "rejected": "yo"}\n', "chosen is empty"),
+    ("", "no"),
+])
+def test_bad_preference_files_exit_2_with_one_line(parent, tmp_path, capsys, content, message):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(content)
+    assert main(["align", str(parent), "--method", "dpo", "--data", str(path), "--output", str(tmp_path / "x"),
+                 *FAST]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("chattune: error:") and message in error and "\n" not in error
+    assert not (tmp_path / "x").exists()  # a failed run leaves no folder behind
