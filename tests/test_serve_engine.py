@@ -8,53 +8,13 @@ import threading
 import time
 
 import pytest
-from serve_helpers import PROMPTS, chat_run, one_torch_thread, solo_tokens
+from serve_helpers import PROMPTS, STOP_ID, ScriptedBackend, chat_run, one_torch_thread, solo_tokens
 
 from chattune.errors import InputError
 from chattune.generate.hf import HFBackend, load_hf_backend
 from chattune.generate.sampling import Sampling
 from chattune.serve.engine import Engine, EngineBusy
 
-STOP_ID = 0
-
-
-class ScriptedBatch:
-    """Every row generates the backend's `script` (token i decodes to chr(i)); each step waits for `gate` first."""
-
-    def __init__(self, backend: ScriptedBackend):
-        self.backend, self.rows, self.last_row = backend, {}, -1
-
-    def add(self, prompt_ids, sampling) -> int:
-        self.last_row += 1
-        self.rows[self.last_row] = iter(self.backend.script)
-        self.backend.added += 1
-        return self.last_row
-
-    def remove(self, row: int) -> None:
-        del self.rows[row]
-
-    def step(self) -> dict[int, int]:
-        self.backend.gate.acquire()
-        self.backend.widths.append(len(self.rows))
-        return {row: next(script, STOP_ID) for row, script in self.rows.items()}
-
-
-class ScriptedBackend:
-    stop_ids = [STOP_ID]
-    context_length = 100
-
-    def __init__(self, script: list[int], max_batch: int = 1, kv_tokens: int = 1000):
-        self.script, self.gate, self.added, self.widths = script, threading.Semaphore(1000), 0, []
-        self.max_batch, self.kv_tokens = max_batch, kv_tokens
-
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
-        return [ord(c) for c in messages[-1]["content"]]
-
-    def decode(self, token_ids: list[int]) -> str:
-        return "".join(chr(i) for i in token_ids if i != STOP_ID)
-
-    def new_batch(self) -> ScriptedBatch:
-        return ScriptedBatch(self)
 
 
 def run_jobs(engine: Engine, requests: list[tuple[str, int]]) -> list:
