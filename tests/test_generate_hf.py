@@ -11,7 +11,7 @@ import torch
 from generate_helpers import lora_run
 from serve_helpers import LEARNED, PROMPTS, chat_run, one_torch_thread, solo_tokens
 
-from chattune.generate.backend import decode_together
+from chattune.generate.together import decode_together
 from chattune.generate.hf import HFBackend, load_hf_backend
 from chattune.generate.sampling import Sampling
 from chattune.models import load_model

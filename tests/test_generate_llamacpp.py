@@ -5,7 +5,7 @@ from generate_helpers import lora_run
 
 from chattune.generate.backend import load_backend
 from chattune.generate.hf import load_hf_backend
-from chattune.generate.backend import decode_together
+from chattune.generate.together import decode_together
 from chattune.generate.sampling import Sampling
 from chattune.models import DEFAULT_MODEL, load_tokenizer
 

@@ -58,23 +58,6 @@ class DecodeBackend(Protocol):
         `on_token` returns False."""
 
 
-def decode_together(backend: DecodeBackend, prompts: list[list[int]], samplings: list[Sampling],
-                    on_tokens: list[Callable[[int], bool]]) -> None:
-    """Decode the prompts as one batch; each row calls its own `on_token` and stops on its own (a stop id, its
-    `max_new_tokens`, its `on_token` returning False). `generate` is this with one prompt."""
-    batch = backend.new_batch()
-    rows = {batch.add(prompt, sampling): (sampling.max_new_tokens, on_token)
-            for prompt, sampling, on_token in zip(prompts, samplings, on_tokens, strict=True)}
-    counts = dict.fromkeys(rows, 0)
-    while rows:
-        for row, token_id in batch.step().items():
-            counts[row] += 1
-            max_new_tokens, on_token = rows[row]
-            if not on_token(token_id) or token_id in backend.stop_ids or counts[row] >= max_new_tokens:
-                batch.remove(row)
-                del rows[row]
-
-
 def load_backend(name: str, backend: str = "hf", quant: str = "q8_0", max_batch: int | None = None,
                  kv_tokens: int | None = None, threads: int | None = None) -> DecodeBackend:
     """A run folder or model behind the chosen backend; llamacpp exports the run to GGUF once. `max_batch` and

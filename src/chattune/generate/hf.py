@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from chattune.data.conversation import Conversation
-from chattune.generate.backend import decode_together
+from chattune.generate.together import decode_together
 from chattune.generate.pick import TokenPicker
 from chattune.generate.prompt import ChatPrompt
 from chattune.generate.sampling import Sampling

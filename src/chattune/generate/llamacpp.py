@@ -29,7 +29,7 @@ import torch
 
 from chattune.data.conversation import Conversation
 from chattune.errors import InputError
-from chattune.generate.backend import decode_together
+from chattune.generate.together import decode_together
 from chattune.generate.pick import TokenPicker
 from chattune.generate.prompt import ChatPrompt
 from chattune.generate.sampling import Sampling
