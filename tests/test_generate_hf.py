@@ -11,6 +11,7 @@ import torch
 from generate_helpers import lora_run
 from serve_helpers import LEARNED, PROMPTS, chat_run, one_torch_thread, solo_tokens
 
+from chattune.generate.together import decode_together
 from chattune.generate.hf import HFBackend, load_hf_backend
 from chattune.generate.sampling import Sampling
 from chattune.models import load_model
@@ -38,7 +39,7 @@ def test_hf_batch_equals_solo_greedy_and_a_stopped_row_leaves_the_others(chat_ba
             return lambda t: batched[row].append(t) or row != 1 or len(batched[row]) < 3
 
         samplings = [replace(sampling, max_new_tokens=5) if row == 2 else sampling for row in range(len(PROMPTS))]
-        backend.generate_batch([backend.prompt_ids(user(p)) for p in PROMPTS], samplings,
+        decode_together(backend, [backend.prompt_ids(user(p)) for p in PROMPTS], samplings,
                                [on_token(row) for row in range(len(PROMPTS))])
     assert backend.decode(solo[0]) == LEARNED[PROMPTS[0]]
     assert batched[1] == solo[1][:3] and batched[2] == solo[2][:5]  # stopped by its client, by its own max
@@ -53,7 +54,7 @@ def test_hf_batch_sampling_at_a_tiny_temperature_is_greedy(chat_backend):
     with one_torch_thread():
         greedy = [solo_tokens(backend, p, Sampling(temperature=0, max_new_tokens=12)) for p in prompts]
         sampled: list[list[int]] = [[] for _ in prompts]
-        backend.generate_batch([backend.prompt_ids(user(p)) for p in prompts],
+        decode_together(backend, [backend.prompt_ids(user(p)) for p in prompts],
                                [Sampling(temperature=1e-4, top_p=0.9, max_new_tokens=12)] * len(prompts),
                                [lambda t, row=row: sampled[row].append(t) or True for row in range(len(prompts))])
     assert sampled == greedy
@@ -93,7 +94,7 @@ def test_greedy_batch_equals_model_generate(model, chat_backend, tiny_gpt2):
     with one_torch_thread():
         expected = model_generate_greedy(backend, prompts, sampling.max_new_tokens)
         batched: list[list[int]] = [[] for _ in prompts]
-        backend.generate_batch(prompts, [sampling] * len(prompts),
+        decode_together(backend, prompts, [sampling] * len(prompts),
                                [lambda t, row=row: batched[row].append(t) or True for row in range(len(prompts))])
         replies = backend.replies([user(p) for p in PROMPTS], sampling)
     assert batched == expected

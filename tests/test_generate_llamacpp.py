@@ -5,7 +5,7 @@ from generate_helpers import lora_run
 
 from chattune.generate.backend import load_backend
 from chattune.generate.hf import load_hf_backend
-from chattune.generate.llamacpp import FRESH_SEED, LlamaCppBackend
+from chattune.generate.together import decode_together
 from chattune.generate.sampling import Sampling
 from chattune.models import DEFAULT_MODEL, load_tokenizer
 
@@ -18,20 +18,6 @@ def greedy_ids(backend, messages, tokens: int) -> list[int]:
     backend.generate(backend.prompt_ids(messages), Sampling(temperature=0, max_new_tokens=tokens),
                      lambda token: out.append(token) or True)
     return out
-
-
-class FakeLlama:
-    """Stands in for `llama_cpp.Llama`: records the seed and the sampling arguments, yields `tokens`."""
-
-    def __init__(self, tokens: list[int]):
-        self.tokens, self.seeds, self.calls = tokens, [], []
-
-    def set_seed(self, seed: int) -> None:
-        self.seeds.append(seed)
-
-    def generate(self, prompt_ids, **kwargs):
-        self.calls.append(kwargs)
-        yield from self.tokens
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +48,20 @@ def test_llamacpp_matches_hf_on_smollm2_for_32_tokens():
     assert greedy_ids(fast, messages, 32) == expected
 
 
-def test_every_request_sets_its_own_seed_and_stops_at_its_limits(tiny_llama):
-    tokenizer = load_tokenizer(tiny_llama)
-    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    llm = FakeLlama([5, 6, end, 7])
-    backend = LlamaCppBackend(llm, tokenizer, system_prompt="be brief")
-    tokens: list[int] = []
-    for sampling in (Sampling(), Sampling(seed=7), Sampling(), Sampling(max_new_tokens=2)):
-        backend.generate([1, 2], sampling, lambda token: tokens.append(token) or True)
-    # an unseeded request after a seeded one is random again, not a replay of seed 7
-    assert llm.seeds == [FRESH_SEED, 7, FRESH_SEED, FRESH_SEED]
-    assert tokens == [5, 6, end] * 3 + [5, 6]  # stops on the end-of-turn token, or at max_new_tokens
-    assert tokenizer.decode(backend.prompt_ids(PROMPTS[0])).startswith("<|im_start|>system\nbe brief<|im_end|>")
+def test_llamacpp_batch_equals_solo_and_seeds_hold_in_a_crowd(tiny_run):
+    pytest.importorskip("llama_cpp", reason="the llama.cpp backend is an optional extra: pip install '.[llamacpp]'")
+    fast = load_backend(str(tiny_run), "llamacpp", quant="f16")
+    prompts = [fast.prompt_ids(m) for m in PROMPTS] + [fast.prompt_ids([{"role": "user", "content": "a story"}])]
+    samplings = [Sampling(temperature=0, max_new_tokens=12), Sampling(temperature=1.0, seed=5, max_new_tokens=12),
+                 Sampling(temperature=0.8, top_p=0.9, seed=9, max_new_tokens=7)]
+    solo = []
+    for prompt, sampling in zip(prompts, samplings):
+        solo.append([])
+        fast.generate(prompt, sampling, lambda token: solo[-1].append(token) or True)
+    together: list[list[int]] = [[] for _ in prompts]
+    decode_together(fast, prompts, samplings, [lambda t, row=row: together[row].append(t) or True
+                                               for row in range(len(prompts))])
+    assert together == solo and len(together[2]) <= 7
+    end = fast.stop_ids
+    assert all(len(row) == 12 or row[-1] in end for row in together[:2])
+    assert fast.decode(together[0]).startswith("i ")

@@ -1,34 +1,12 @@
-"""Sampling: its defaults are the CLI's, the server's and both backends', its checks, and which requests batch."""
+"""Sampling: its defaults are the CLI's, the server's and both backends', its checks, and the per-request token picker."""
 
 import pytest
 
 from chattune.cli import build_parser
 from chattune.errors import InputError
-from chattune.generate.hf import logits_warpers
-from chattune.generate.llamacpp import LlamaCppBackend
-from chattune.generate.sampling import Sampling, batch_key
-from chattune.models import load_tokenizer
+from chattune.generate.pick import TokenPicker, logits_warpers
+from chattune.generate.sampling import Sampling
 from chattune.serve.schemas import ChatRequest
-
-
-class RecordingLlama:
-    """Stands in for `llama_cpp.Llama`: records what the backend asks it to sample with."""
-
-    def __init__(self):
-        self.calls: list[dict] = []
-
-    def set_seed(self, seed: int) -> None:
-        pass
-
-    def generate(self, prompt_ids, **kwargs):
-        self.calls.append(kwargs)
-        yield 0
-
-
-def llamacpp_sampling_arguments(tokenizer, sampling: Sampling) -> dict:
-    llm = RecordingLlama()
-    LlamaCppBackend(llm, tokenizer).generate([1, 2], sampling, lambda token: True)
-    return llm.calls[0]
 
 
 def hf_sampling_values(sampling: Sampling) -> dict:
@@ -36,19 +14,28 @@ def hf_sampling_values(sampling: Sampling) -> dict:
             if name in ("temperature", "top_k", "top_p")}
 
 
-def test_both_backends_sample_with_the_same_values(tiny_llama):
-    tokenizer = load_tokenizer(tiny_llama)
+def test_warpers_follow_generate():
     for sampling in (Sampling(), Sampling(temperature=1.3, top_p=0.5, top_k=7), Sampling(top_k=0)):
         fields = {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p}
-        llama = llamacpp_sampling_arguments(tokenizer, sampling)
-        assert {"temperature": llama["temp"], "top_k": llama["top_k"], "top_p": llama["top_p"]} == fields
-        assert (llama["min_p"], llama["repeat_penalty"]) == (0.0, 1.0)  # filters HF does not apply stay off
-        hf = hf_sampling_values(sampling)
-        assert hf == {k: v for k, v in fields.items() if k != "top_k" or v > 0}  # top_k 0: no top-k warper
+        assert hf_sampling_values(sampling) == {k: v for k, v in fields.items() if k != "top_k" or v > 0}
     # in generate()'s order: the temperature first, then top_k, then top_p
     names = [type(warper).__name__ for warper in logits_warpers(Sampling())]
     assert names == ["TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper"]
     assert Sampling().top_k == 50  # transformers' generate() default, which the HF numbers were measured with
+
+
+def test_a_picker_draws_from_its_own_generator():
+    import torch
+
+    logits = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    draws = lambda sampling: [picker(logits) for picker in [TokenPicker(sampling)] for _ in range(20)]  # noqa: E731
+    with torch.random.fork_rng():
+        before = torch.get_rng_state()
+        seeded = draws(Sampling(temperature=1.0, seed=3))
+        assert torch.equal(torch.get_rng_state(), before)  # the global RNG is never used
+    assert seeded == draws(Sampling(temperature=1.0, seed=3)) != draws(Sampling(temperature=1.0, seed=4))
+    assert set(draws(Sampling(temperature=0))) == {int(logits.argmax())}
+    assert draws(Sampling(temperature=1.5, top_k=1)) == [int(logits.argmax())] * 20
 
 
 def test_cli_and_server_defaults_are_samplings():
@@ -79,11 +66,3 @@ def test_a_seed_fixes_the_generator_and_no_seed_draws_a_fresh_one():
 
     assert draw(Sampling(seed=3)) == draw(Sampling(seed=3)) != draw(Sampling(seed=4))
     assert draw(Sampling()) != draw(Sampling())
-
-
-def test_batching_rule():
-    greedy, warm = Sampling(temperature=0, top_p=0.5), Sampling(temperature=0.7)
-    assert batch_key(greedy) == batch_key(Sampling(temperature=0)) != batch_key(warm)
-    assert batch_key(warm) != batch_key(Sampling(temperature=0.7, top_p=0.5))
-    assert batch_key(Sampling(seed=1)) is None  # a seeded reply is reproducible only alone
-    assert batch_key(warm) != batch_key(Sampling(temperature=0.7, top_k=5))  # a batch shares one set of warpers

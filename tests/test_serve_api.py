@@ -116,7 +116,7 @@ def test_max_tokens_ends_with_length_and_stop_strings_cut(server):
 
 def test_models_health_and_api_key(server):
     assert [m.id for m in server.client().models.list()] == [server.model]
-    assert http("GET", f"{server.url}/health") == (200, {"status": "ok", "model": server.model})
+    assert http("GET", f"{server.url}/health") == (200, {"status": "ok", "running": 0, "waiting": 0})  # no path
     with pytest.raises(openai.AuthenticationError) as error:
         server.client(api_key="not-the-key").models.list()
     assert error.value.status_code == 401 and error.value.body["code"] == "invalid_api_key"
@@ -134,6 +134,14 @@ def test_models_health_and_api_key(server):
     ({"max_tokens": MAX_TOKENS_CAP + 1}, "max_tokens"),
     ({"temperature": "hot"}, "temperature"),
     ({"n": 2}, "n=1"),
+    ({"stream": "yes"}, "stream"),  # loose types are refused, as OpenAI's strict validation does
+    ({"temperature": "0.5"}, "temperature"),
+    ({"max_tokens": True}, "max_tokens"),
+    ({"seed": 2**63}, "seed"),  # SQLite stores at most 2^63 - 1
+    ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"}, "tools"),
+    ({"functions": [{"name": "f"}]}, "functions"),
+    ({"logit_bias": {"50": 10}}, "logit_bias"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
 ])
 def test_bad_requests_are_400_naming_the_field(server, change, mentions):

@@ -313,11 +313,25 @@ def cmd_predict(args) -> None:
             print(f"{result['label']}\t({top})\t{text}")
 
 
+def _per_minute(text: str) -> int:
+    """--rate-limit 60 or 60/min."""
+    count = text.removesuffix("/min")
+    if not count.isdigit() or int(count) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give requests per minute, e.g. 60/min")
+    return int(count)
+
+
 def cmd_serve(args) -> None:
     from chattune.serve.app import serve
 
-    serve(args.run, host=args.host, port=args.port, api_key=args.api_key, db=args.db, backend=args.backend,
-          quant=args.quant)
+    from chattune.serve.settings import ServeSettings
+
+    settings = ServeSettings(api_key=args.api_key, allow_hosts=tuple(args.allow_host), cors_origin=args.cors_origin,
+                             rate_limit=args.rate_limit, max_waiting=args.max_waiting,
+                             read_timeout=args.read_timeout, access_log=not args.no_access_log)
+    serve(args.run, host=args.host, port=args.port, db=args.db, backend=args.backend, quant=args.quant,
+          settings=settings, insecure=args.insecure, max_batch=args.max_batch, kv_tokens=args.kv_tokens,
+          threads=args.threads)
 
 
 def cmd_feedback_stats(args) -> None:
@@ -523,6 +537,26 @@ def _add_serve_parsers(verbs) -> None:
     serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 and /api (or $CHATTUNE_API_KEY)")
     serve.add_argument("--db", default="feedback.sqlite", help="SQLite file for conversations and feedback "
                        "(default feedback.sqlite)")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow a non-loopback --host without an API key (anyone who reaches the port can chat)")
+    serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                       help="accept this Host header besides localhost/127.0.0.1 (repeatable; guards DNS rebinding)")
+    serve.add_argument("--cors-origin", metavar="ORIGIN", help="let pages from this origin call the API (default: none)")
+    serve.add_argument("--rate-limit", type=_per_minute, metavar="N/min",
+                       help="at most N requests a minute per API key (per client address without one); 429 above")
+    serve.add_argument("--max-batch", type=int, help="requests decoded together (default 8)")
+    serve.add_argument("--kv-tokens", type=int,
+                       help="KV cache budget in tokens for all requests decoding together (default 8192 hf, "
+                       "16384 llamacpp); requests wait while it is full")
+    serve.add_argument("--max-waiting", type=int, default=32,
+                       help="requests that may wait for a free row; more get 503 with Retry-After (default 32)")
+    serve.add_argument("--threads", type=int, default=1,
+                       help="decode threads (torch or llama.cpp; default 1: on a shared 2-core machine two threads "
+                       "made decode steps 7x slower)")
+    serve.add_argument("--read-timeout", type=float, default=10.0,
+                       help="seconds a client may take to send its headers or the next part of its body (default 10)")
+    serve.add_argument("--no-access-log", action="store_true",
+                       help="do not print a JSON line per request (they never hold message content)")
     _add_backend_flags(serve)
     serve.set_defaults(func=cmd_serve)
 

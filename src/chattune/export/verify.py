@@ -176,7 +176,7 @@ class GGUFExport:
         # logits_all: the picks at every reply position come from one evaluation of prompt + reply
         self.llm = Llama(model_path=str(path), n_ctx=context_tokens, n_threads=os.cpu_count(), logits_all=True,
                          verbose=False)
-        self.backend = LlamaCppBackend(self.llm, tokenizer, system_prompt)
+        self.backend = LlamaCppBackend(path, tokenizer, system_prompt, max_batch=1, kv_tokens=context_tokens)
         self.tokenizer, self.system_prompt = tokenizer, system_prompt
 
     def prompt_ids(self, messages: Conversation) -> list[int]:
@@ -195,3 +195,4 @@ class GGUFExport:
     def close(self) -> None:
         """Free llama.cpp's model now (left to interpreter exit, llama-cpp-python's finalizer fails noisily)."""
         self.llm.close()
+        self.backend.close()

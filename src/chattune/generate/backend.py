@@ -1,8 +1,13 @@
-"""Decode backends: chat-formatted prompt ids in, reply token ids out one at a time, and how to load one.
+"""Decode backends: chat-formatted prompt ids in, reply token ids out, and how to load one.
 
     backend = load_backend("runs/demo", "hf")            # or "llamacpp" (generate/llamacpp.py)
     reply = ReplyText(backend.decode, stop=[])
     backend.generate(backend.prompt_ids(messages), Sampling(temperature=0), lambda t: print(reply.add(t)) or True)
+
+    batch = backend.new_batch()                          # continuous batching (the server's engine)
+    row = batch.add(prompt_ids, Sampling(seed=1))        # joins at the next step
+    batch.step()                                         # {row: next token id} for every row
+    batch.remove(row)                                    # leaves between steps; its KV cache is freed
 
 Serving (`serve.engine`) and terminal chat both decode through this interface, so a faster backend only has to
 produce the same token ids; everything about text (incremental decoding, stop strings, whitespace) is `ReplyText`.
@@ -20,10 +25,24 @@ from chattune.generate.sampling import Sampling
 BACKENDS = ("hf", "llamacpp")
 
 
+class DecodeBatch(Protocol):
+    """Requests decoding together; rows join and leave between steps, each with its own sampling."""
+
+    def add(self, prompt_ids: list[int], sampling: Sampling) -> int:
+        """A new row (its id); its prompt is read at the next `step`."""
+
+    def step(self) -> dict[int, int]:
+        """One decode step: the next token of every row that has one (a long prompt may take a few steps)."""
+
+    def remove(self, row: int) -> None:
+        """The row leaves the batch and its KV cache is freed."""
+
+
 class DecodeBackend(Protocol):
     stop_ids: list[int]  # token ids that end a reply (end-of-turn, EOS)
-    context_length: int  # prompt + reply tokens the model can read
-    max_batch: int  # most requests `generate_batch` decodes at once; 1 means one at a time
+    context_length: int  # prompt + reply tokens one request can read
+    max_batch: int  # most rows a batch decodes at once
+    kv_tokens: int  # prompt + reply tokens all rows of a batch may hold together (the KV cache budget)
 
     def prompt_ids(self, messages: Conversation) -> list[int]:
         """The conversation rendered with the chat template (and default system prompt), ready for a reply."""
@@ -31,24 +50,28 @@ class DecodeBackend(Protocol):
     def decode(self, token_ids: list[int]) -> str:
         """Text of generated token ids, special tokens left out."""
 
+    def new_batch(self) -> DecodeBatch:
+        """An empty batch over this model (one at a time: batches share the model's context)."""
+
     def generate(self, prompt_ids: list[int], sampling: Sampling, on_token: Callable[[int], bool]) -> None:
         """Call `on_token(id)` for every new token; stop at a stop id, at `sampling.max_new_tokens`, or as soon as
         `on_token` returns False."""
 
-    def generate_batch(self, prompts: list[list[int]], samplings: list[Sampling],
-                       on_tokens: list[Callable[[int], bool]]) -> None:
-        """`generate` for up to `max_batch` prompts whose samplings share a `sampling.batch_key`; each row calls its
-        own `on_token` and stops on its own (stop id, its `max_new_tokens`, its `on_token` returning False)."""
 
-
-def load_backend(name: str, backend: str = "hf", quant: str = "q8_0") -> DecodeBackend:
-    """A run folder or model behind the chosen backend; llamacpp exports the run to GGUF once."""
+def load_backend(name: str, backend: str = "hf", quant: str = "q8_0", max_batch: int | None = None,
+                 kv_tokens: int | None = None, threads: int | None = None) -> DecodeBackend:
+    """A run folder or model behind the chosen backend; llamacpp exports the run to GGUF once. `max_batch` and
+    `kv_tokens` override the backend's own limits (see hf.py and llamacpp.py for the defaults and why); `threads`
+    sets llama.cpp's threads (torch's are the caller's: `torch.set_num_threads`)."""
     if backend not in BACKENDS:
         raise InputError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
     if backend == "llamacpp":
         from chattune.generate.llamacpp import LlamaCppBackend
 
-        return LlamaCppBackend.load(name, quant)
+        return LlamaCppBackend.load(name, quant, threads=threads, max_batch=max_batch, kv_tokens=kv_tokens)
     from chattune.generate.hf import load_hf_backend
 
-    return load_hf_backend(name)
+    loaded = load_hf_backend(name)
+    loaded.max_batch = max_batch or loaded.max_batch
+    loaded.kv_tokens = kv_tokens or loaded.kv_tokens
+    return loaded

@@ -2,38 +2,54 @@
 
     backend = LlamaCppBackend.load("runs/demo", quant="q8_0")     # exports RUN/model-q8_0.gguf once
     backend.generate(backend.prompt_ids(messages), Sampling(temperature=0), on_token)
+    batch = backend.new_batch()                                   # continuous batching (the server's engine)
 
 The run's LoRA is merged into the base weights and written to GGUF once (`chattune.export.gguf`); the packaged
 SmolLM2 GGUF is used as it is for the base model at q4_1. Prompts are rendered and tokenized by the run's own HF
 tokenizer and chat template (`chattune.generate.prompt`) and handed to llama.cpp as token ids, so both backends see
 exactly the same tokens, and replies are decoded by the same tokenizer. Same interface as `hf.HFBackend`.
+
+Why the low-level API: the high-level `Llama` holds one sequence, so requests could only take turns. Here one
+llama.cpp context holds up to `max_batch` sequences (`n_seq_max`) in one unified KV cache of `kv_tokens` cells, and
+every step is a single `llama_decode` of one `llama_batch`: the last token of every running sequence plus the prompt
+tokens of those joining (as llama.cpp's own server does with its parallel slots). Tokens are picked in Python from the
+logits with the same warpers and per-request generator as the HF backend (`generate.pick`), so a seeded request is
+reproducible alone or in a crowd, and both backends sample the same way.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+import torch
 
 from chattune.data.conversation import Conversation
 from chattune.errors import InputError
+from chattune.generate.together import decode_together
+from chattune.generate.pick import TokenPicker
 from chattune.generate.prompt import ChatPrompt
 from chattune.generate.sampling import Sampling
 from chattune.runs import Run
 
-CONTEXT_TOKENS = 4096  # llama.cpp's KV cache is allocated up front; chat prompts + replies fit well within this
-# llama.cpp's LLAMA_DEFAULT_SEED: its sampler then seeds itself from std::random_device. Set for every unseeded
-# request, so one seeded request does not fix the "random" replies of all that follow it.
-FRESH_SEED = 0xFFFFFFFF
+CONTEXT_TOKENS = 4096  # most prompt + reply tokens of one request; chat prompts + replies fit well within this
+MAX_BATCH = 8  # sequences decoded together: the 8 concurrent streams serving is sized for
+KV_TOKENS = 16 * 1024  # KV cells shared by all sequences; SmolLM2-135M at f16 needs 23 KB per cell (~380 MB)
+BATCH_TOKENS = 512  # tokens per llama_decode: longer prompts are read over several steps, so decoding rows wait
+# at most one 512-token chunk (~0.3 s on 2 cores) for a newcomer's prompt
 
 
-def _llama_class():
+def _llama_cpp():
     try:
-        from llama_cpp import Llama
+        import llama_cpp
+        from llama_cpp import _internals
     except ImportError:
         raise InputError("--backend llamacpp needs llama-cpp-python: pip install llama-cpp-python "
                          "(builds llama.cpp from source, a few minutes)") from None
-    return Llama
+    return llama_cpp, _internals
 
 
 def gguf_path(name: str, quant: str) -> Path:
@@ -62,29 +78,95 @@ def gguf_path(name: str, quant: str) -> Path:
     return target
 
 
-class LlamaCppBackend:
-    max_batch = 1  # llama-cpp-python's high-level `Llama` decodes one sequence at a time
-    context_length = CONTEXT_TOKENS
+@dataclass
+class _Sequence:
+    seq_id: int  # llama.cpp's sequence id: its cells in the shared KV cache
+    picker: TokenPicker
+    pending: list[int]  # tokens not yet read: the prompt (maybe in chunks), then the last picked token
+    position: int = 0  # position of the next token read
 
-    def __init__(self, llm, tokenizer, system_prompt: str | None = None):
-        """`llm`: a `llama_cpp.Llama` (see `load`); `tokenizer`: the HF tokenizer the GGUF was exported with."""
-        self.llm = llm
+
+class LlamaCppBatch:
+    """Sequences decoding together in one llama.cpp context (see the module docstring)."""
+
+    def __init__(self, backend: LlamaCppBackend):
+        self.context, self.n_vocab = backend.context, backend.n_vocab
+        self.batch = backend.llama_batch
+        self.free_ids = list(range(backend.max_batch))
+        self.sequences: dict[int, _Sequence] = {}
+        self.last_row = -1
+
+    def add(self, prompt_ids: list[int], sampling: Sampling) -> int:
+        assert prompt_ids and self.free_ids, "an empty prompt, or more rows than max_batch"
+        self.last_row += 1
+        picker = TokenPicker(sampling, prompt_ids=prompt_ids)
+        self.sequences[self.last_row] = _Sequence(self.free_ids.pop(0), picker, list(prompt_ids))
+        return self.last_row
+
+    def remove(self, row: int) -> None:
+        sequence = self.sequences.pop(row)
+        self.context.kv_cache_seq_rm(sequence.seq_id, -1, -1)
+        self.free_ids.append(sequence.seq_id)
+
+    def step(self) -> dict[int, int]:
+        """One llama_decode: every running row's last token first, then prompt chunks while room is left."""
+        batch, reads = self.batch.batch, []  # reads: (row, batch index) of rows whose next token is due
+        batch.n_tokens = 0
+        running = sorted(self.sequences.items(), key=lambda item: len(item[1].pending))  # decoding rows first
+        for row, sequence in running:
+            take = sequence.pending[: BATCH_TOKENS - batch.n_tokens]
+            for token_id in take:
+                i = batch.n_tokens
+                batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token_id, sequence.position, 1, 0
+                batch.seq_id[i][0] = sequence.seq_id
+                batch.n_tokens, sequence.position = i + 1, sequence.position + 1
+            del sequence.pending[: len(take)]
+            if take and not sequence.pending:
+                batch.logits[batch.n_tokens - 1] = 1
+                reads.append((row, batch.n_tokens - 1))
+        if batch.n_tokens:
+            self.context.decode(self.batch)
+        tokens = {}
+        for row, index in reads:
+            logits = np.ctypeslib.as_array(self.context.get_logits_ith(index), shape=(self.n_vocab,))
+            tokens[row] = self.sequences[row].picker(torch.from_numpy(logits.copy()))
+            self.sequences[row].pending.append(tokens[row])
+        return tokens
+
+
+class LlamaCppBackend:
+    def __init__(self, gguf: str | Path, tokenizer, system_prompt: str | None = None, max_batch: int = MAX_BATCH,
+                 kv_tokens: int = KV_TOKENS, threads: int | None = None):
+        """`gguf`: the model file (see `gguf_path`); `tokenizer`: the HF tokenizer it was exported with."""
+        llama_cpp, internals = _llama_cpp()
         self.prompt = ChatPrompt(tokenizer, system_prompt)
         self.stop_ids = self.prompt.stop_ids
+        self.max_batch, self.kv_tokens = max_batch, kv_tokens
+        self.context_length = min(CONTEXT_TOKENS, kv_tokens)
+        self.model = internals.LlamaModel(path_model=str(gguf), params=llama_cpp.llama_model_default_params(),
+                                          verbose=False)
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch = kv_tokens, BATCH_TOKENS, BATCH_TOKENS
+        params.n_seq_max = max_batch
+        # one pool of cells for all sequences: the KV budget is shared, so a long chat and a short one fit together
+        params.kv_unified = True
+        params.n_threads = params.n_threads_batch = threads or os.cpu_count()
+        # flash attention: time to first token for a 200-token prompt 370 -> 280 ms on 2 cores (q8_0)
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        self.context = internals.LlamaContext(model=self.model, params=params, verbose=False)
+        self.llama_batch = internals.LlamaBatch(n_tokens=BATCH_TOKENS, embd=0, n_seq_max=1, verbose=False)
+        self.n_vocab = self.model.n_vocab()
 
     @classmethod
-    def load(cls, name: str, quant: str = "q8_0", threads: int | None = None) -> LlamaCppBackend:
+    def load(cls, name: str, quant: str = "q8_0", threads: int | None = None, max_batch: int | None = None,
+             kv_tokens: int | None = None) -> LlamaCppBackend:
         """A run folder (with its system prompt) or a model, exported to GGUF on first use."""
         from chattune.models import load_tokenizer
 
         run = Run.open(name) if Run.is_run(name) else None
         tokenizer = load_tokenizer(str(run.tokenizer_dir) if run else name)
-        Llama = _llama_class()
-        # flash attention: time to first token for a 200-token prompt 370 -> 280 ms on 2 cores (q8_0)
-        llm = Llama(model_path=str(gguf_path(name, quant)), n_ctx=CONTEXT_TOKENS, n_threads=threads or os.cpu_count(),
-                    n_batch=512, flash_attn=True, verbose=False,
-                    last_n_tokens_size=CONTEXT_TOKENS)  # the repetition penalty sees the whole context, as in HF
-        return cls(llm, tokenizer, run.config.system_prompt if run else None)
+        return cls(gguf_path(name, quant), tokenizer, run.config.system_prompt if run else None,
+                   max_batch or MAX_BATCH, kv_tokens or KV_TOKENS, threads)
 
     def prompt_ids(self, messages: Conversation) -> list[int]:
         return self.prompt.ids(messages)
@@ -92,20 +174,15 @@ class LlamaCppBackend:
     def decode(self, token_ids: list[int]) -> str:
         return self.prompt.decode(token_ids)
 
+    def new_batch(self) -> LlamaCppBatch:
+        self.context.kv_cache_clear()  # a batch owns the whole context
+        return LlamaCppBatch(self)
+
     def generate(self, prompt_ids: list[int], sampling: Sampling, on_token: Callable[[int], bool]) -> None:
         """Call `on_token` for each new token (the stop token included, as the HF backend does)."""
-        self.llm.set_seed(FRESH_SEED if sampling.seed is None else sampling.seed)
-        # The same top_k, top_p, temperature and repetition penalty as the HF backend (temperature 0 is greedy in
-        # llama.cpp); min_p=0 switches off a filter HF does not apply. llama.cpp applies the temperature after top_k/top_p,
-        # HF before them, so the nucleus of a sampled reply can differ slightly; greedy replies are the same tokens.
-        tokens = self.llm.generate(prompt_ids, temp=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
-                                   min_p=0.0, repeat_penalty=sampling.repetition_penalty, reset=True)
-        for count, token in enumerate(tokens, start=1):
-            if not on_token(token) or token in self.stop_ids or count >= sampling.max_new_tokens:
-                return
+        decode_together(self, [prompt_ids], [sampling], [on_token])
 
-    def generate_batch(self, prompts: list[list[int]], samplings: list[Sampling],
-                       on_tokens: list[Callable[[int], bool]]) -> None:
-        """One prompt after another (`max_batch` is 1, so the engine never asks for more than one)."""
-        for prompt_ids, sampling, on_token in zip(prompts, samplings, on_tokens, strict=True):
-            self.generate(prompt_ids, sampling, on_token)
+    def close(self) -> None:
+        self.llama_batch.close()
+        self.context.close()
+        self.model.close()

@@ -54,13 +54,3 @@ class Sampling:
         else:
             generator.manual_seed(self.seed)
         return generator
-
-
-def batch_key(sampling: Sampling) -> tuple | None:
-    """Requests with equal keys may be decoded in one batch: all greedy, or the same temperature, top_p and top_k with
-    no seed (and the same repetition penalty either way). A seeded request is reproducible only alone (`None`), since a batch shares one random generator."""
-    if sampling.seed is not None:
-        return None
-    if sampling.greedy:
-        return ("greedy", sampling.repetition_penalty)
-    return ("sample", sampling.temperature, sampling.top_p, sampling.top_k, sampling.repetition_penalty)

@@ -3,6 +3,7 @@ store.
 
     chattune serve runs/demo                  # http://127.0.0.1:8000/ (page), /v1/chat/completions, /v1/models
     chattune serve runs/demo --api-key KEY    # /v1/* and /api/* then need "Authorization: Bearer KEY"
+    chattune serve runs/demo --host 0.0.0.0 --api-key KEY --allow-host chat.example.com --rate-limit 60
 
     client = openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY")
     client.chat.completions.create(model="runs/demo", messages=[{"role": "user", "content": "hi!"}], stream=True)
@@ -16,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException
 from chattune.errors import InputError
 from chattune.generate.sampling import Sampling
 from chattune.serve.engine import Engine, EngineBusy, Finished, Job
+from chattune.serve.guard import AccessLog, BodyLimit, HostCheck, RateLimit, SecurityHeaders, error_response
 from chattune.serve.schemas import (
     MAX_BODY_BYTES,
     ChatCompletion,
@@ -49,6 +50,7 @@ from chattune.serve.schemas import (
     ReplyMessage,
     Usage,
 )
+from chattune.serve.settings import DECODE_THREADS, RETRY_AFTER, ServeSettings
 from chattune.serve.store import Store, StoredReply
 
 STATIC = Path(__file__).parent / "static"
@@ -61,10 +63,7 @@ class ApiError(Exception):
         self.status, self.message, self.type, self.code = status, message, type, code
 
 
-def _error(status: int, message: str, type: str, param: str | None = None, code: str | None = None,
-           headers: dict | None = None) -> JSONResponse:
-    body = ErrorResponse(error=ErrorBody(message=message, type=type, param=param, code=code))
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+_error = error_response
 
 
 # --- dependencies -------------------------------------------------------------------------------------------------
@@ -78,7 +77,7 @@ def get_store(request: Request) -> Store:
 
 
 def require_api_key(request: Request) -> None:
-    key = request.app.state.api_key
+    key = request.app.state.settings.api_key
     if key is None:
         return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -124,7 +123,8 @@ async def chat_completions(body: ChatRequest, request: Request, engine: EngineDe
     job = engine.submit(messages, sampling, body.stop, on_finish=record)
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        return StreamingResponse(_sse(job, request, reply_id, created, model_id, include_usage),
+        return StreamingResponse(_sse(job, request, reply_id, created, model_id, include_usage,
+                                      request.app.state.settings.keepalive_every),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     watcher = asyncio.create_task(_cancel_when_disconnected(request, job))
@@ -151,8 +151,9 @@ def feedback(body: FeedbackRequest, store: StoreDep) -> FeedbackResponse:
 
 
 async def _sse(job: Job, request: Request, reply_id: str, created: int, model_id: str,
-               include_usage: bool) -> AsyncIterator[str]:
-    """Server-Sent Events: a role chunk, one chunk per piece of text, a chunk with the finish reason, [DONE]."""
+               include_usage: bool, keepalive_every: float) -> AsyncIterator[str]:
+    """Server-Sent Events: a role chunk, one chunk per piece of text, a chunk with the finish reason, [DONE]; an SSE
+    comment whenever the stream has been silent for `keepalive_every` seconds (waiting for a row, a long prompt)."""
 
     def chunk(delta: Delta, finish_reason: str | None = None, usage: Usage | None = None) -> str:
         choices = [] if usage else [ChunkChoice(delta=delta, finish_reason=finish_reason)]
@@ -162,8 +163,8 @@ async def _sse(job: Job, request: Request, reply_id: str, created: int, model_id
     watcher = asyncio.create_task(_cancel_when_disconnected(request, job))
     try:
         yield chunk(Delta(role="assistant", content=""))
-        async for piece in job.pieces():
-            yield chunk(Delta(content=piece))
+        async for piece in job.pieces(idle_every=keepalive_every):
+            yield chunk(Delta(content=piece)) if piece else ": keep-alive\n\n"
         if job.finished.finish_reason == "cancelled":  # the client is gone
             return
         yield chunk(Delta(), job.finished.finish_reason)
@@ -217,7 +218,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EngineBusy)
     async def busy(request: Request, error: EngineBusy) -> JSONResponse:
-        return _error(503, str(error), "server_busy", headers={"Retry-After": "5"})
+        return _error(503, str(error), "server_busy", headers={"Retry-After": str(RETRY_AFTER)})
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
@@ -230,41 +231,32 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal server error; see the server log", "server_error")
 
 
-class BodyLimit:
-    """Refuse request bodies over `max_bytes` (413) before they are read; bodies must declare their length."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
-            headers = dict(scope["headers"])
-            length = headers.get(b"content-length", b"")
-            if not length.isdigit():
-                status, message = 411, "send the request body with a Content-Length header"
-            elif int(length) > self.max_bytes:
-                status, message = 413, f"request body is {int(length)} bytes; at most {self.max_bytes} are accepted"
-            else:
-                return await self.app(scope, receive, send)
-            return await _error(status, message, "invalid_request_error", code="request_too_large")(
-                scope, receive, send)
-        await self.app(scope, receive, send)
-
-
 # --- the app ------------------------------------------------------------------------------------------------------
 
-def create_app(engine: Engine, store: Store, model_id: str, api_key: str | None = None) -> FastAPI:
+def create_app(engine: Engine, store: Store, model_id: str, settings: ServeSettings | None = None) -> FastAPI:
+    settings = settings or ServeSettings()
     app = FastAPI(title="chattune", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.engine, app.state.store, app.state.model_id, app.state.api_key = engine, store, model_id, api_key
+    app.state.engine, app.state.store, app.state.model_id, app.state.settings = engine, store, model_id, settings
     app.state.started = int(time.time())
     app.include_router(v1)
     app.include_router(api)
     _install_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    # added last runs first: log everything, then refuse foreign hosts, then the rest
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES, read_timeout=settings.read_timeout)
+    app.add_middleware(RateLimit, per_minute=settings.rate_limit, retry_after=RETRY_AFTER)
+    if settings.cors_origin:  # off unless asked: a page elsewhere cannot read replies through the user's browser
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=[settings.cors_origin], allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(HostCheck, hosts=settings.hosts)
+    if settings.access_log:
+        app.add_middleware(AccessLog)
 
     @app.get("/health")
-    def health() -> dict:
-        return {"status": "ok", "model": model_id}
+    def health() -> dict:  # no model path, no settings: anyone on the network may call it
+        return {"status": "ok", **engine.load}
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -274,37 +266,38 @@ def create_app(engine: Engine, store: Store, model_id: str, api_key: str | None 
     return app
 
 
-def check_port_free(host: str, port: int) -> None:
-    with socket.socket() as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            raise InputError(f"cannot listen on {host}:{port} ({error.strerror}); pick another with --port") from None
-
-
-def serve(run: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          db: str = "feedback.sqlite", backend: str = "hf", quant: str = "q8_0") -> None:
-    """Load `run`, then serve it until Ctrl-C. The API key is `api_key`, else $CHATTUNE_API_KEY, else none."""
+def serve(run: str, host: str = "127.0.0.1", port: int = 8000, db: str = "feedback.sqlite", backend: str = "hf",
+          quant: str = "q8_0", settings: ServeSettings | None = None, insecure: bool = False,
+          max_batch: int | None = None, kv_tokens: int | None = None, threads: int = DECODE_THREADS) -> None:
+    """Load `run`, then serve it until Ctrl-C or SIGTERM. The API key is the settings', else $CHATTUNE_API_KEY."""
+    import dataclasses
     import os
-    import sys
 
-    import uvicorn
+    import torch
 
     from chattune.generate.backend import load_backend
+    from chattune.serve.server import check_port_free, run_server
 
-    api_key = api_key or os.environ.get("CHATTUNE_API_KEY") or None
-    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
-        print(f"warning: serving on {host} without --api-key: anyone who can reach this port can use the model",
-              file=sys.stderr)
+    settings = settings or ServeSettings()
+    settings = dataclasses.replace(settings, api_key=settings.api_key or os.environ.get("CHATTUNE_API_KEY") or None)
+    settings.check(host, insecure)
     check_port_free(host, port)
+    if host not in ("0.0.0.0", "::"):
+        settings = dataclasses.replace(settings, allow_hosts=(*settings.allow_hosts, host))
+    torch.set_num_threads(threads)
+    if settings.access_log:
+        access = logging.getLogger("chattune.access")
+        access.setLevel(logging.INFO)
+        access.addHandler(logging.StreamHandler())
     model_id = run.rstrip("/")
     store = Store(db)
-    engine = Engine(load_backend(run, backend, quant))
-    app = create_app(engine, store, model_id, api_key)
+    engine = Engine(load_backend(run, backend, quant, max_batch=max_batch, kv_tokens=kv_tokens, threads=threads),
+                    max_waiting=settings.max_waiting)
+    app = create_app(engine, store, model_id, settings)
     print(f"serving {model_id}\n  chat page: http://{host}:{port}/\n  API:       http://{host}:{port}/v1 "
           f"(OpenAI chat completions)\n  feedback:  {db}  (chattune feedback stats --db {db})", flush=True)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        run_server(app, engine, host, port, settings)
     finally:
         engine.close()
         store.close()

@@ -1,6 +1,6 @@
-"""Generate replies for the server: one decode worker takes requests from a queue and decodes those waiting together
-(up to the backend's `max_batch`, when their sampling allows, see `chattune.generate.sampling.batch_key`), and each
-reply streams back to its request piece by piece.
+"""Generate replies for the server with continuous batching: one decode worker runs a batch (`DecodeBatch`), and
+between two decode steps finished or cancelled requests leave it and waiting ones join it (their prompt is read in
+the next step, then they decode with the rest). Each reply streams back to its request piece by piece.
 
     engine = Engine(load_backend("runs/demo", "hf"))
     job = engine.submit(messages, Sampling(temperature=0), stop=[])   # from inside the event loop
@@ -8,8 +8,10 @@ reply streams back to its request piece by piece.
         ...
     job.finished   # Finished(text, finish_reason, prompt_tokens, completion_tokens)
 
-The decode backend sits behind a small interface (`chattune.generate.backend.DecodeBackend`): chat-formatted prompt
-ids in, token ids out one at a time; `ReplyText` turns them into text.
+A request joins when the batch has a free row (`backend.max_batch`) and its prompt + `max_tokens` fit the KV budget
+left (`backend.kv_tokens`); until then it waits, and past `max_waiting` waiting requests `submit` refuses with
+`EngineBusy` (the server answers 503 with Retry-After). Sampling settings are per request, so any requests share a
+step. Text (incremental decoding, stop strings) is `ReplyText`'s job.
 """
 
 from __future__ import annotations
@@ -17,19 +19,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import queue
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 from chattune.errors import InputError
-from chattune.generate.backend import DecodeBackend
-from chattune.generate.sampling import Sampling, batch_key
+from chattune.generate.backend import DecodeBackend, DecodeBatch
+from chattune.generate.sampling import Sampling
 from chattune.generate.text import ReplyText
 
 log = logging.getLogger("chattune.serve")
 
-MAX_WAITING = 32  # requests queued behind the one decoding; more are refused with 503 rather than left to time out
+MAX_WAITING = 32  # requests waiting for a row; more are refused with 503 rather than left to time out
 
 
 @dataclass
@@ -59,13 +60,21 @@ class Job:
         if not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
-    async def pieces(self) -> AsyncIterator[str]:
-        """The reply as it is generated; afterwards `self.finished` holds the whole reply and its counts."""
-        while not isinstance(event := await self.events.get(), Finished):
+    async def pieces(self, idle_every: float | None = None) -> AsyncIterator[str]:
+        """The reply as it is generated; afterwards `self.finished` holds the whole reply and its counts. With
+        `idle_every`, an empty piece comes whenever that many seconds pass without one (SSE keep-alives)."""
+        while True:
+            try:
+                event = await asyncio.wait_for(self.events.get(), idle_every)
+            except TimeoutError:
+                yield ""
+                continue
+            if isinstance(event, Finished):
+                self.finished = event
+                return
             if isinstance(event, BaseException):
                 raise event
             yield event
-        self.finished = event
 
     async def result(self) -> Finished:
         async for _ in self.pieces():
@@ -74,16 +83,27 @@ class Job:
 
 
 class EngineBusy(Exception):
-    """Too many requests are waiting; the client should retry later."""
+    """Too many requests are waiting (or the server is shutting down); the client should retry later."""
+
+
+@dataclass
+class _Row:
+    """A job in the running batch."""
+
+    job: Job
+    reply: ReplyText
+    reserved: int  # KV tokens it may use: prompt + max_new_tokens
+    count: int = 0  # tokens generated
+    done: bool = False
 
 
 class Engine:
     def __init__(self, backend: DecodeBackend, max_waiting: int = MAX_WAITING):
         self.backend, self.max_waiting = backend, max_waiting
-        self._jobs: queue.Queue[Job | None] = queue.Queue()
-        # jobs the worker took from the queue but left out of a batch (other sampling); served first, in order
-        self._held: collections.deque[Job] = collections.deque()
-        self._closing = False
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._running: dict[int, _Row] = {}
+        self._wake = threading.Condition()
+        self._draining = self._closing = False
         self._worker = threading.Thread(target=self._work, name="chattune-decode", daemon=True)
         self._worker.start()
 
@@ -92,93 +112,108 @@ class Engine:
         """Queue a reply to `messages`; call from the event loop. `on_finish` runs in the worker once the reply is
         complete or cancelled, before the client is told it ended, so every reply is recorded exactly once."""
         prompt_ids = self.backend.prompt_ids(messages)
-        room = self.backend.context_length - len(prompt_ids)
-        if room < 1:
-            raise InputError(f"the conversation is {len(prompt_ids)} tokens but the model reads at most "
-                             f"{self.backend.context_length}; send fewer or shorter messages")
-        if self._jobs.qsize() + len(self._held) >= self.max_waiting:
-            raise EngineBusy(f"{self.max_waiting} requests are already waiting; retry in a few seconds")
-        sampling = replace(sampling, max_new_tokens=min(sampling.max_new_tokens, room))
+        limit = min(self.backend.context_length, self.backend.kv_tokens)
+        if len(prompt_ids) >= limit:
+            raise InputError(f"the conversation is {len(prompt_ids)} tokens but the model reads at most {limit}; "
+                             "send fewer or shorter messages")
+        sampling = replace(sampling, max_new_tokens=min(sampling.max_new_tokens, limit - len(prompt_ids)))
         job = Job(prompt_ids, sampling, stop, on_finish, asyncio.get_running_loop())
-        self._jobs.put(job)
+        with self._wake:
+            if self._draining:
+                raise EngineBusy("the server is shutting down; retry in a few seconds")
+            if len(self._waiting) >= self.max_waiting:
+                raise EngineBusy(f"{self.max_waiting} requests are already waiting; retry in a few seconds")
+            self._waiting.append(job)
+            self._wake.notify()
         return job
 
+    @property
+    def load(self) -> dict:
+        """Requests decoding and waiting now."""
+        with self._wake:
+            return {"running": len(self._running), "waiting": len(self._waiting)}
+
+    def drain(self) -> None:
+        """Shutting down: refuse new requests and end every running and waiting one now, as cancelled (each is
+        recorded and its stream ends)."""
+        with self._wake:
+            self._draining = True
+            for job in [*self._waiting, *(row.job for row in self._running.values())]:
+                job.cancel()
+            self._wake.notify()
+
     def close(self) -> None:
-        self._jobs.put(None)
+        self.drain()
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
         self._worker.join()
 
     def _work(self) -> None:
-        while batch := self._next_batch():
+        batch = self.backend.new_batch()
+        while self._admit(batch):
             try:
-                finished = self._decode(batch)
+                tokens = batch.step()
             except Exception as error:  # the server boundary: these requests fail, the worker serves the next
                 log.exception("generation failed")
-                for job in batch:
-                    job.emit(error)
+                for row in self._take_all_running():
+                    row.job.emit(error)
+                batch = self.backend.new_batch()
                 continue
-            for job, result in zip(batch, finished):
-                try:
-                    if job.on_finish is not None:
-                        job.on_finish(result)
-                    job.emit(result)
-                except Exception as error:  # the same boundary, for recording one reply
-                    log.exception("recording a reply failed")
-                    job.emit(error)
+            for row_id, token_id in tokens.items():
+                self._add_token(self._running[row_id], token_id)
+            for row_id, row in list(self._running.items()):
+                if row.done or row.job.cancelled.is_set():
+                    batch.remove(row_id)
+                    with self._wake:
+                        del self._running[row_id]
+                    self._finish(row)
 
-    def _next_batch(self) -> list[Job]:
-        """The oldest waiting job, with up to `max_batch - 1` of those waiting behind it that share its batch key;
-        waits when none is waiting, and is empty once the engine is closing."""
-        while not self._held and not self._closing:
-            self._take(self._jobs.get())
-        if not self._held:
-            return []
-        first = self._held.popleft()
-        key = batch_key(first.sampling)
-        if self.backend.max_batch == 1 or key is None:
-            return [first]
-        while not self._closing:  # everything already queued joins the candidates
-            try:
-                self._take(self._jobs.get_nowait())
-            except queue.Empty:
-                break
-        batch = [first]
-        for job in list(self._held):
-            if len(batch) < self.backend.max_batch and batch_key(job.sampling) == key:
-                self._held.remove(job)
-                batch.append(job)
-        return batch
+    def _admit(self, batch: DecodeBatch) -> bool:
+        """Move waiting jobs into free rows while their KV fits; wait while there is nothing to do. False once the
+        engine is closing and nothing runs."""
+        with self._wake:
+            while not self._running and not self._waiting and not self._closing:
+                self._wake.wait()
+            reserved = sum(row.reserved for row in self._running.values())
+            while self._waiting and len(self._running) < self.backend.max_batch:
+                job = self._waiting[0]
+                need = len(job.prompt_ids) + job.sampling.max_new_tokens
+                if reserved + need > self.backend.kv_tokens and not job.cancelled.is_set():
+                    break  # the KV budget is full: it waits for a row to leave
+                self._waiting.popleft()
+                row = _Row(job, ReplyText(self.backend.decode, job.stop), need)
+                if job.cancelled.is_set():  # cancelled while waiting: costs nothing, still recorded
+                    self._finish(row)
+                    continue
+                self._running[batch.add(job.prompt_ids, job.sampling)] = row
+                reserved += need
+            return bool(self._running) or not self._closing
 
-    def _take(self, job: Job | None) -> None:
-        if job is None:
-            self._closing = True
-        else:
-            self._held.append(job)
+    def _take_all_running(self) -> list[_Row]:
+        with self._wake:
+            rows, self._running = list(self._running.values()), {}
+        return rows
 
-    def _decode(self, batch: list[Job]) -> list[Finished]:
-        """Decode the batch (one job: `generate`, more: `generate_batch`); a job cancelled while queued costs
-        nothing."""
-        replies = [ReplyText(self.backend.decode, job.stop) for job in batch]
-        live = [(job, reply) for job, reply in zip(batch, replies) if not job.cancelled.is_set()]
-        on_tokens = [self._token_handler(job, reply) for job, reply in live]
-        if len(live) == 1:
-            self.backend.generate(live[0][0].prompt_ids, live[0][0].sampling, on_tokens[0])
-        elif live:
-            self.backend.generate_batch([job.prompt_ids for job, _ in live], [job.sampling for job, _ in live],
-                                        on_tokens)
-        return [self._finish(job, reply) for job, reply in zip(batch, replies)]
+    def _add_token(self, row: _Row, token_id: int) -> None:
+        row.count += 1
+        if piece := row.reply.add(token_id):
+            row.job.emit(piece)
+        row.done = (row.reply.stopped or token_id in self.backend.stop_ids
+                    or row.count >= row.job.sampling.max_new_tokens)
 
-    @staticmethod
-    def _token_handler(job: Job, reply: ReplyText) -> Callable[[int], bool]:
-        def on_token(token_id: int) -> bool:
-            if piece := reply.add(token_id):
-                job.emit(piece)
-            return not (reply.stopped or job.cancelled.is_set())
-
-        return on_token
-
-    def _finish(self, job: Job, reply: ReplyText) -> Finished:
-        if piece := reply.finish():
+    def _finish(self, row: _Row) -> None:
+        job, reply = row.job, row.reply
+        if not job.cancelled.is_set() and (piece := reply.finish()):
             job.emit(piece)
         ended_turn = bool(reply.token_ids) and reply.token_ids[-1] in self.backend.stop_ids
-        reason = "cancelled" if job.cancelled.is_set() else "stop" if reply.stopped or ended_turn else "length"
-        return Finished(reply.text, reason, len(job.prompt_ids), len(reply.token_ids))
+        reason = "stop" if reply.stopped or ended_turn else "length" if row.done else "cancelled"
+        finished = Finished(reply.text, reason, len(job.prompt_ids), len(reply.token_ids))
+        try:
+            if job.on_finish is not None:
+                job.on_finish(finished)
+            job.emit(finished)
+        except Exception as error:  # the same boundary, for recording one reply
+            log.exception("recording a reply failed")
+            job.emit(error)
+

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from chattune.generate.sampling import Sampling
 
@@ -17,25 +17,50 @@ MAX_MESSAGE_CHARS = 16_000  # characters per message (~4k tokens of English)
 MAX_TOTAL_CHARS = 32_000  # characters per conversation (~8k tokens: SmolLM2's whole context)
 MAX_BODY_BYTES = 256 * 1024  # request body; room for MAX_TOTAL_CHARS even as escaped JSON, refused with 413 above
 MAX_TOKENS_CAP = 1024  # longest reply a request may ask for (~1 min of a 135M model on 2 CPU cores)
-DEFAULT_MAX_TOKENS = 256  # reply length when the request gives none
+MAX_SEED = 2**63 - 1  # seeds are stored in SQLite's signed 64-bit INTEGER
 MAX_STOP_STRINGS = 4  # as OpenAI
 MAX_STOP_CHARS = 64  # per stop string
-DEFAULT_SAMPLING = Sampling()  # temperature and top_p when a request gives none: the same as `chattune chat`
+DEFAULT_SAMPLING = Sampling()  # temperature, top_p and reply length when a request gives none: as `chattune chat`
+# OpenAI fields chattune does not implement: a request using them gets a 400 naming the field, never a reply that
+# silently ignored what it asked for
+UNSUPPORTED = {
+    "tools": "tool calling", "tool_choice": "tool calling", "functions": "function calling",
+    "function_call": "function calling", "logit_bias": "logit_bias", "response_format": "structured output",
+    "logprobs": "logprobs", "top_logprobs": "logprobs", "audio": "audio output", "modalities": "audio output",
+    "prediction": "predicted outputs",
+}
+# strict: JSON types are taken as they are ("0.5" is not a number, true is not an integer), as OpenAI validates
+STRICT = ConfigDict(strict=True)
+
+
+def _no_surrogates(text: str, field: str) -> str:
+    """A lone surrogate (JSON "\\ud800") cannot be stored as UTF-8; refuse it here rather than after generating."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{field} holds a lone UTF-16 surrogate; send valid Unicode text") from None
+    return text
 
 
 StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 
 
 class ChatMessage(BaseModel):
+    model_config = STRICT
+
     role: Literal["system", "user", "assistant"]
     content: str = Field(max_length=MAX_MESSAGE_CHARS)
 
 
 class StreamOptions(BaseModel):
+    model_config = STRICT
+
     include_usage: bool = False  # send a last chunk with token counts (and no choices) before [DONE]
 
 
 class ChatRequest(BaseModel):
+    model_config = STRICT
+
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     model: str | None = None  # must name the served model when given (GET /v1/models)
     temperature: float = Field(DEFAULT_SAMPLING.temperature, ge=0, le=2)  # 0 is greedy
@@ -43,11 +68,20 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CAP)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CAP)  # the newer name of max_tokens
     stop: list[StopString] = Field(default_factory=list, max_length=MAX_STOP_STRINGS)  # a string or a list
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     metadata: dict[str, str] | None = Field(None, max_length=16)  # the web page sends {"conversation_id": ...}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _supported(cls, body: object) -> object:
+        if isinstance(body, dict):
+            for field, feature in UNSUPPORTED.items():
+                if body.get(field) not in (None, False) and body.get(field) != {"type": "text"}:
+                    raise ValueError(f"{field}: {feature} is not supported by this server; leave the field out")
+        return body
 
     @field_validator("n")
     @classmethod
@@ -66,10 +100,16 @@ class ChatRequest(BaseModel):
     def _short_metadata(cls, metadata: dict[str, str] | None) -> dict[str, str] | None:
         if metadata and any(len(k) > 64 or len(v) > 512 for k, v in metadata.items()):
             raise ValueError("metadata keys are at most 64 characters and values at most 512")
+        for key, value in (metadata or {}).items():
+            _no_surrogates(key, "metadata"), _no_surrogates(value, f"metadata.{key}")
         return metadata
 
     @model_validator(mode="after")
     def _conversation_fits(self) -> ChatRequest:
+        for index, message in enumerate(self.messages):
+            _no_surrogates(message.content, f"messages.{index}.content")
+        for text in [*self.stop, self.model or ""]:
+            _no_surrogates(text, "stop" if text in self.stop else "model")
         total = sum(len(m.content) for m in self.messages)
         if total > MAX_TOTAL_CHARS:
             raise ValueError(f"the messages hold {total} characters; at most {MAX_TOTAL_CHARS} are accepted")
@@ -77,7 +117,7 @@ class ChatRequest(BaseModel):
 
     @property
     def reply_tokens(self) -> int:
-        return self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_TOKENS
+        return self.max_completion_tokens or self.max_tokens or DEFAULT_SAMPLING.max_new_tokens
 
 
 class Usage(BaseModel):
@@ -158,6 +198,8 @@ class ErrorResponse(BaseModel):
 
 class FeedbackRequest(BaseModel):
     """Sent by the web page; only the fields present are changed."""
+
+    model_config = STRICT
 
     reply_id: str = Field(max_length=64)  # the completion id (chatcmpl-...)
     rating: Literal[-1, 0, 1] | None = None  # thumbs down, clear, thumbs up

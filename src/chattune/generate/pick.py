@@ -1,0 +1,57 @@
+"""The next token of one request from its last-position logits, the same way for both backends.
+
+    picker = TokenPicker(Sampling(temperature=0.7, seed=1))
+    token_id = picker(logits)          # logits: a float tensor over the vocabulary
+
+Every request has its own picker (its warpers and its own random generator), so requests with different sampling
+settings share a decode step, and a seeded request draws the same tokens alone or in a crowd: no other row touches
+its generator, and the global torch RNG is never used.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from chattune.generate.sampling import Sampling
+
+
+def logits_warpers(sampling: Sampling):
+    """transformers' warpers for a sampled reply, in the order `model.generate` applies them."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(sampling.temperature)])
+    if sampling.top_k > 0:
+        warpers.append(TopKLogitsWarper(sampling.top_k))
+    if sampling.top_p < 1:
+        warpers.append(TopPLogitsWarper(sampling.top_p))
+    return warpers
+
+
+class TokenPicker:
+    """The likeliest token (greedy), or one drawn from the warped distribution with the request's own generator;
+    with a repetition penalty, every token of the prompt and of the reply so far first gets transformers' rule
+    (`RepetitionPenaltyLogitsProcessor`: positive logits divided by it, negative ones multiplied)."""
+
+    def __init__(self, sampling: Sampling, device="cpu", prompt_ids: list[int] = ()):
+        self.greedy, self.penalty, self.seen = sampling.greedy, sampling.repetition_penalty, set(prompt_ids)
+        if not self.greedy:
+            self.warpers, self.generator = logits_warpers(sampling), sampling.generator(device)
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        logits = self._penalized(logits.float())
+        if self.greedy:
+            token_id = int(logits.argmax())
+        else:
+            scores = self.warpers(None, logits[None])  # the warpers read scores only, never input ids
+            token_id = int(torch.multinomial(scores.softmax(-1), 1, generator=self.generator))
+        self.seen.add(token_id)
+        return token_id
+
+    def _penalized(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.penalty == 1 or not self.seen:
+            return logits
+        ids = torch.tensor(sorted(self.seen), device=logits.device)
+        picked = logits[ids]
+        logits = logits.clone()
+        logits[ids] = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
+        return logits
