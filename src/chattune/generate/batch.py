@@ -45,11 +45,11 @@ def reply_to_prompts(name: str, prompts: list[str], sampling: Sampling, batch_si
 def sampled_replies(backend, contexts: list[list[dict]], k: int, sampling: Sampling, batch_rows: int = 32
                     ) -> list[list]:
     """k sampled replies (generate.text.Reply) to each context: every context repeated k times and decoded
-    `batch_rows` rows at a time over one KV cache. A seeded `sampling` gives each batch its own seed (seed + batch
-    index), so the same call draws the same replies."""
+    `batch_rows` rows at a time over one KV cache. A seeded `sampling` seeds row r with seed + r (`replies` adds
+    the row within a batch, the batch adds its first row), so the same call draws the same replies."""
     rows = [context for context in contexts for _ in range(k)]
     replies = []
-    for index, first in enumerate(range(0, len(rows), batch_rows)):
-        seed = None if sampling.seed is None else sampling.seed + index
+    for first in range(0, len(rows), batch_rows):
+        seed = None if sampling.seed is None else sampling.seed + first
         replies += backend.replies(rows[first : first + batch_rows], dataclasses.replace(sampling, seed=seed))
     return [replies[first : first + k] for first in range(0, len(replies), k)]

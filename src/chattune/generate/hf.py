@@ -16,6 +16,7 @@ the tokens are those of `model.generate` (tests/test_generate_hf.py).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -144,10 +145,13 @@ class HFBackend:
         decode_together(self, [prompt_ids], [sampling], [on_token])
 
     def replies(self, conversations: list[Conversation], sampling: Sampling) -> list[Reply]:
-        """Whole replies to every conversation, decoded as one batch (each row with its own generator, seeded with
-        `sampling.seed` when given, so a seed reproduces every reply)."""
+        """Whole replies to every conversation, decoded as one batch, each row with its own generator. A seed reproduces
+        every reply: row i is seeded with `sampling.seed + i`, so equal conversations (k samples of one context, n
+        dialogues on one topic) still get different replies."""
         tokens: list[list[int]] = [[] for _ in conversations]
-        decode_together(self, [self.prompt_ids(c) for c in conversations], [sampling] * len(conversations),
+        samplings = [sampling if sampling.seed is None else dataclasses.replace(sampling, seed=sampling.seed + row)
+                     for row in range(len(conversations))]
+        decode_together(self, [self.prompt_ids(c) for c in conversations], samplings,
                         [lambda token_id, row=row: tokens[row].append(token_id) or True for row in range(len(tokens))])
         return [Reply(self.decode(row).strip(), bool(row) and row[-1] in self.stop_ids) for row in tokens]
 
