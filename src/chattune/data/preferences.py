@@ -98,22 +98,27 @@ def _store_rows(path: Path) -> list[dict]:
 
 def feedback_pairs(path: Path) -> list[dict]:
     """The pairs `chattune feedback export --format dpo` writes, read from the store itself."""
-    rows = _store_rows(path)
+    return dpo_pairs(_store_rows(path))
+
+
+def dpo_pairs(replies: list[dict]) -> list[dict]:
+    """Preference pairs from rated replies (dicts with messages, content, rating, edited): an edit is preferred
+    to the reply it replaced, and a reply rated up to one rated down in the same conversation."""
     pairs = []
 
     def pair(prompt: list[dict], chosen: str, rejected: str) -> None:
         pairs.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
                       "rejected": [{"role": "assistant", "content": rejected}]})
 
-    for row in rows:
+    for row in replies:
         if row["edited"] is not None and row["edited"].strip() and row["edited"] != row["content"]:
             pair(row["messages"], row["edited"], row["content"])
     liked = defaultdict(list)  # the conversation (as JSON) -> the replies to it rated up (their edit, if any)
-    for row in rows:
+    for row in replies:
         if row["rating"] == 1:
             liked[json.dumps(row["messages"], sort_keys=True)].append(
                 row["edited"] if row["edited"] is not None else row["content"])
-    for row in rows:
+    for row in replies:
         if row["rating"] == -1 and row["edited"] is None:
             for better in liked[json.dumps(row["messages"], sort_keys=True)]:
                 if better != row["content"]:

@@ -12,9 +12,10 @@ thumbs-down reply paired with each thumbs-up reply to the same conversation (e.g
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
+from chattune.data.preferences import dpo_pairs
 from chattune.errors import InputError
 from chattune.files import atomic_write_text
 from chattune.serve.store import Store
@@ -40,28 +41,6 @@ def sft_rows(replies: list[dict]) -> list[dict]:
             if not any(len(other) > len(m) and other[: len(m)] == m for other in unique)]
 
 
-def dpo_rows(replies: list[dict]) -> list[dict]:
-    rows = []
-
-    def pair(prompt: list[dict], chosen: str, rejected: str) -> None:
-        rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
-                     "rejected": [{"role": "assistant", "content": rejected}]})
-
-    for r in replies:
-        if r["edited"] is not None and r["edited"].strip() and r["edited"] != r["content"]:
-            pair(r["messages"], r["edited"], r["content"])
-    liked = defaultdict(list)  # conversation (as JSON) -> replies to it rated up
-    for r in replies:
-        if r["rating"] == 1:
-            liked[json.dumps(r["messages"], sort_keys=True)].append(_reply(r))
-    for r in replies:
-        if r["rating"] == -1 and r["edited"] is None:
-            for better in liked[json.dumps(r["messages"], sort_keys=True)]:
-                if better != r["content"]:
-                    pair(r["messages"], better, r["content"])
-    return rows
-
-
 def feedback_stats(db: str | Path) -> dict:
     store = open_store(db)
     replies = store.replies_with_feedback()
@@ -72,7 +51,7 @@ def feedback_stats(db: str | Path) -> dict:
         "rated_down": sum(r["rating"] == -1 for r in replies),
         "edited": sum(r["edited"] is not None for r in replies),
         "sft_rows": len(sft_rows(replies)),
-        "dpo_rows": len(dpo_rows(replies)),
+        "dpo_rows": len(dpo_pairs(replies)),
         "finish_reasons": dict(Counter(r["finish_reason"] for r in replies)),
         "models": dict(Counter(r["model"] for r in replies)),
     }
@@ -87,6 +66,6 @@ def export_feedback(db: str | Path, fmt: str, out: str | Path) -> int:
     store = open_store(db)
     replies = store.replies_with_feedback()
     store.close()
-    rows = sft_rows(replies) if fmt == "sft" else dpo_rows(replies)
+    rows = sft_rows(replies) if fmt == "sft" else dpo_pairs(replies)
     atomic_write_text(Path(out), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return len(rows)
