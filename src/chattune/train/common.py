@@ -221,6 +221,17 @@ def train_or_finish(trainer, checkpoint: Path | None) -> None:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
 
+def save_model(cfg, folder: Run, model, tokenizer, merge: bool) -> None:
+    """The trained weights into the run folder: a LoRA adapter (and, with `merge`, the merged model), or the full
+    model."""
+    if cfg.method == "lora":
+        save_weights(model, tokenizer, folder.adapter_dir)
+        if not merge:
+            return
+        model = model.merge_and_unload()
+    save_weights(model, tokenizer, folder.model_dir)
+
+
 def save_weights(model, tokenizer, folder: Path) -> None:
     """Weights and tokenizer (with its chat template) into `folder`, atomically."""
     from chattune.files import atomic_directory

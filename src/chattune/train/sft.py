@@ -28,7 +28,7 @@ from chattune.models import load_model, load_tokenizer
 from chattune.runs import Run
 from chattune.train.callbacks import RichProgress
 from chattune.train.common import (add_lora, build_trainer, cleanup_on_failure, global_batch, prepare_run_folder,
-                                   save_weights, seed_everything, train_or_finish)
+                                   save_model, seed_everything, train_or_finish)
 from chattune.train.distributed import is_main_process, process_state
 from chattune.train.fast import (PLAIN_HEAD_MODEL_TYPES, FastTrainer, PackedCollator, bf16_supported,
                                  compile_decoder_layers, pack_examples, supports_target_only_loss)
@@ -85,7 +85,7 @@ def train(cfg: ChatConfig, run: Path, *, resume: bool = False, overwrite: bool =
     model = trainer.model  # the best checkpoint, restored by load_best_model_at_end
     model.config.use_cache = True  # make_trainer turned it off for training
     tuned_rows = score(model, tokenizer, eval_examples, cfg)
-    _save_model(cfg, folder, model, tokenizer, merge)
+    save_model(cfg, folder, model, tokenizer, merge)
     tuned = summarize_likelihoods(tuned_rows)
     atomic_write_json(folder.metrics_path, {
         "base": base,
@@ -139,11 +139,3 @@ def make_trainer(cfg: ChatConfig, run: Path, model, tokenizer, train_examples, e
         remove_unused_columns=False,  # the collators need every column (position_ids of packed rows)
     )
 
-
-def _save_model(cfg: ChatConfig, folder: Run, model, tokenizer, merge: bool) -> None:
-    if cfg.method == "lora":
-        save_weights(model, tokenizer, folder.adapter_dir)
-        if not merge:
-            return
-        model = model.merge_and_unload()
-    save_weights(model, tokenizer, folder.model_dir)

@@ -34,7 +34,7 @@ from chattune.models import load_any_model
 from chattune.runs import Run
 from chattune.train.callbacks import RichProgress
 from chattune.train.common import (add_lora, build_trainer, cleanup_on_failure, global_batch, prepare_run_folder,
-                                   save_weights, seed_everything, train_or_finish)
+                                   save_model, seed_everything, train_or_finish)
 from chattune.train.distributed import is_main_process, process_state
 from chattune.train.fast import FastTrainer, PackedCollator, bf16_supported, pack_examples, supports_target_only_loss
 
@@ -71,7 +71,9 @@ def train_summarizer(cfg: SummarizeConfig, run: Path, *, resume: bool = False, o
     if not main:
         return None
     model = trainer.model  # the best checkpoint, restored by load_best_model_at_end
-    _save_model(cfg, folder, model, tokenizer, merge)
+    if not model.config.is_encoder_decoder:
+        model.config.use_cache = True  # causal_trainer turned it off for training
+    save_model(cfg, folder, model, tokenizer, merge)
     atomic_write_json(folder.metrics_path, {
         "best_eval_loss": trainer.state.best_metric,  # summary tokens of the held-out pairs
         "steps": trainer.state.global_step,
@@ -148,13 +150,3 @@ def causal_trainer(cfg: SummarizeConfig, run: Path, model, tokenizer, train_set,
         remove_unused_columns=False,  # the packed collator needs position_ids
         **_device_arguments(cfg, model))
 
-
-def _save_model(cfg: SummarizeConfig, folder: Run, model, tokenizer, merge: bool) -> None:
-    if not model.config.is_encoder_decoder:
-        model.config.use_cache = True  # causal_trainer turned it off for training
-    if cfg.method == "lora":
-        save_weights(model, tokenizer, folder.adapter_dir)
-        if not merge:
-            return
-        model = model.merge_and_unload()
-    save_weights(model, tokenizer, folder.model_dir)
