@@ -168,6 +168,10 @@ class ChatConfig(TrainConfig):
     packing: bool = True  # pack conversations into max_length rows without cross-attention: no compute on padding
     precision: str = "auto"  # "auto": bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32
     compile: bool = False  # torch.compile the decoder layers: ~1 min up front, then faster steps (see README Speed)
+    # Activations of a training step (train/memory.py): "fast" keeps them all; "balanced" checkpoints just enough
+    # decoder layers to hold them under 1.5 GB (the demo peaks under 3 GB); "low" checkpoints every layer (~1/3 more
+    # compute per step for the least memory)
+    memory: str = "balanced"
     # After training, base and tuned models reply to this many held-out conversations for BLEU/ROUGE/toxicity/
     # relevance with bootstrap intervals (RUN/eval.json, RUN/report.html); 0 skips it. 64 pairs take ~1 min for
     # SmolLM2-135M on 2 CPU cores and give intervals narrow enough to tell a real change from noise.
@@ -187,6 +191,7 @@ class ChatConfig(TrainConfig):
         for key in ("max_file_bytes", "max_record_bytes"):
             _check(getattr(self, key) > 0, key, getattr(self, key), "a positive number of bytes")
         _check(self.precision in ("auto", "bf16", "fp32"), "precision", self.precision, "'auto', 'bf16' or 'fp32'")
+        _check(self.memory in ("low", "balanced", "fast"), "memory", self.memory, "'low', 'balanced' or 'fast'")
         _check(self.eval_replies >= 0, "eval_replies", self.eval_replies,
                "an integer >= 0 (0 skips the evaluation after training)")
         _check(self.eval_max_new_tokens > 0, "eval_max_new_tokens", self.eval_max_new_tokens, "a positive integer")

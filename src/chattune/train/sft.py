@@ -30,7 +30,8 @@ from chattune.train.callbacks import RichProgress
 from chattune.train.common import (add_lora, build_trainer, cleanup_on_failure, global_batch, prepare_run_folder,
                                    save_model, seed_everything, train_or_finish)
 from chattune.train.distributed import is_main_process, process_state
-from chattune.train.fast import (PLAIN_HEAD_MODEL_TYPES, FastTrainer, PackedCollator, bf16_supported,
+from chattune.train.memory import apply_memory_plan, available_bytes, estimate_peak_bytes, peak_rss_mb, plan_memory
+from chattune.train.fast import (LOSS_CHUNK_TOKENS, PLAIN_HEAD_MODEL_TYPES, FastTrainer, PackedCollator, bf16_supported,
                                  compile_decoder_layers, pack_examples, supports_target_only_loss)
 
 
@@ -77,11 +78,14 @@ def train(cfg: ChatConfig, run: Path, *, resume: bool = False, overwrite: bool =
         batch = global_batch(trainer)
         if main:
             console.print(f"global batch: {batch['global_batch_size']} conversations or packed rows "
-                          f"({cfg.batch_size} per process x {cfg.gradient_accumulation} accumulated x "
+                          f"({trainer.args.per_device_train_batch_size} per process x "
+                          f"{trainer.args.gradient_accumulation_steps} accumulated x "
                           f"{batch['world_size']} processes)")
         train_or_finish(trainer, checkpoint)
     if not main:
         return None
+    console.print(f"trained {trainer.state.global_step} steps in {time.time() - started:.0f} s, "
+                  f"peak RSS {peak_rss_mb():,.0f} MB")
     model = trainer.model  # the best checkpoint, restored by load_best_model_at_end
     model.config.use_cache = True  # make_trainer turned it off for training
     tuned_rows = score(model, tokenizer, eval_examples, cfg)
@@ -95,6 +99,8 @@ def train(cfg: ChatConfig, run: Path, *, resume: bool = False, overwrite: bool =
         "best_checkpoint": trainer.state.best_model_checkpoint,
         **batch,
         "train_seconds": round(time.time() - started, 1),
+        "peak_rss_mb": round(peak_rss_mb()),  # training and both scorings, before the reply evaluation
+        "memory": cfg.memory,
     })
     return HeldOut(eval_set, {"base": base_rows, "tuned": tuned_rows})
 
@@ -109,6 +115,23 @@ def use_bf16(precision: str, device) -> bool:
     if precision == "bf16" and not bf16_supported(device):
         raise InputError(f"precision=bf16: this {device.type} has no native bf16; use precision=auto or fp32")
     return precision == "bf16" or (precision == "auto" and bf16_supported(device))
+
+
+def fit_memory(cfg: ChatConfig, model, console) -> dict:
+    """Checkpoint the layers `cfg.memory` asks for, warn when the estimated peak exceeds the free memory, and return
+    the TrainingArguments of the micro-batch it chose."""
+    plan = plan_memory(model, cfg.memory, rows=cfg.batch_size, row_tokens=cfg.max_length)
+    apply_memory_plan(model, plan)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    needed, free = estimate_peak_bytes(model, plan, LOSS_CHUNK_TOKENS * vocab * 4), available_bytes()
+    if is_main_process():
+        console.print(f"{plan.describe()}; estimated peak {needed / 2**30:.1f} GB")
+        if free is not None and needed > free:
+            console.print(f"[yellow]warning: training needs ~{needed / 2**30:.1f} GB but {free / 2**30:.1f} GB is "
+                          "available; it may swap or be killed. Lower batch_size or max_length, or set "
+                          "memory=low[/yellow]")
+    return {"per_device_train_batch_size": plan.rows,
+            "gradient_accumulation_steps": cfg.gradient_accumulation * plan.accumulation}
 
 
 def make_trainer(cfg: ChatConfig, run: Path, model, tokenizer, train_examples, eval_examples, bf16: bool, console, *,
@@ -127,6 +150,7 @@ def make_trainer(cfg: ChatConfig, run: Path, model, tokenizer, train_examples, e
             raise InputError(f"compile: supported for {', '.join(sorted(PLAIN_HEAD_MODEL_TYPES))} models, "
                              f"not {model.config.model_type}; set compile=false")
         compile_decoder_layers(model)
+    micro_batch = fit_memory(cfg, model, console)
     return build_trainer(
         cfg, run, model, tokenizer, train_examples, eval_examples, collator, RichProgress(console),
         trainer_class=FastTrainer if supports_target_only_loss(model) else None, callbacks=callbacks,
@@ -137,5 +161,6 @@ def make_trainer(cfg: ChatConfig, run: Path, model, tokenizer, train_examples, e
         use_cpu=model.device.type == "cpu",
         dataloader_pin_memory=model.device.type == "cuda",
         remove_unused_columns=False,  # the collators need every column (position_ids of packed rows)
+        **micro_batch,
     )
 
