@@ -1,4 +1,5 @@
-"""Shared by the benchmarks: machine description, a measured bf16 matmul peak, and dated result files."""
+"""Shared by the benchmarks: machine description and CPU flags, a measured matmul peak per precision, and dated
+result files."""
 
 from __future__ import annotations
 
@@ -18,18 +19,38 @@ def machine_info() -> dict:
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
+            "precision_flags": precision_flags()}
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
-    """Best-of-N bf16 matmul rate: the ceiling a model's FLOP utilisation is measured against."""
+def cpu_flags() -> set[str]:
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return set()
+    line = next((line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), "")
+    return set(line.split(":", 1)[-1].split())
+
+
+# the flags that decide the training precision (chattune's bf16_supported) and the kernels behind it
+PRECISION_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni")
+
+
+def precision_flags() -> dict[str, bool]:
+    flags = cpu_flags()
+    return {flag: flag in flags for flag in PRECISION_FLAGS}
+
+
+def matmul_peak_gflops(dtype: str = "float32", seconds: float = 3.0, size: int = 1024) -> float:
+    """Best matmul rate in `dtype` within about `seconds`: the ceiling a model's FLOP utilisation is measured
+    against. It must be the precision the run uses: a bf16 peak on a CPU without native bf16 is emulated (minutes,
+    and meaningless), an fp32 peak under a bf16 run overstates its utilisation."""
     import torch
 
-    a = torch.randn(size, size, dtype=torch.bfloat16)
-    b = torch.randn(size, size, dtype=torch.bfloat16)
+    a = torch.randn(size, size, dtype=getattr(torch, dtype))
+    b = torch.randn(size, size, dtype=getattr(torch, dtype))
     a @ b  # warm-up: oneDNN picks and caches its kernel
-    best = float("inf")
-    for _ in range(repeats):
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
         started = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - started)

@@ -1,17 +1,24 @@
-"""Training throughput: TRL's SFTTrainer (its defaults) against chattune's trainer, side by side in one run.
+"""Training throughput: TRL's SFTTrainer against chattune's trainer, side by side in one run.
 
-    python benchmarks/train_throughput.py                  # LoRA and full fine-tuning rows, ~10 min on 2 cores
+    python benchmarks/train_throughput.py                  # LoRA and full fine-tuning rows, ~15 min on 2 cores
     python benchmarks/train_throughput.py --steps 4 --skip-full
+    python benchmarks/train_throughput.py --ablate         # chattune LoRA with one trick changed at a time
 
 Both trainers get identical data (a fixed chitchat slice, split as chattune splits it), the same model, LoRA
 settings, max length, batch size, optimizer (AdamW), learning rate and number of steps; everything else is each
 trainer's default (TRL 1.x: bf16 autocast and gradient checkpointing on, no packing, loss on all tokens;
-chattune: packing, target-only LM head, bf16 where native, loss on assistant tokens). Each run happens in a fresh
-subprocess (so peak RSS is its own), in alternation, and the first `--warmup` steps are not timed.
+chattune: packing, target-only LM head, bf16 where native, memory=balanced, loss on assistant tokens). Each run
+happens in a fresh subprocess (so peak RSS is its own), in alternation, and the first `--warmup` steps are not timed.
 
-Reported per run: real tokens/s (non-padding tokens processed), target tokens/s (tokens in the loss), all
-tokens/s (padding included), peak RSS, model FLOP utilisation against a bf16 matmul peak measured in the same run,
-and the eval loss on the same held-out conversations (chattune's assistant-token loss, fp32, for both).
+TRL gets two rows: its defaults as they behave on this machine (bf16=True; on a CPU without native bf16 that is
+emulated and very slow, so that row stops after --stall-budget seconds and reports the steps it finished), and its
+defaults with bf16=False, what a careful user sets on such a CPU. The ratio is against the faster of the two.
+
+Reported per run: real tokens/s (non-padding tokens processed), target tokens/s (tokens in the loss), all tokens/s
+(padding included), peak RSS, model FLOP utilisation, and the eval loss on the same held-out conversations
+(chattune's assistant-token loss, fp32, for both). MFU counts the FLOPs a step needs (the decoder for every real
+token, the LM head only where a token is trained: recomputation and logits nobody trains on are not useful work)
+against a matmul peak measured in the precision of the run (fp32, or bf16 where the CPU has it natively), in ~3 s.
 """
 
 from __future__ import annotations
@@ -24,14 +31,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import machine_info, matmul_peak_gflops, write_result
+from machine import matmul_peak_gflops, precision_flags, write_result
 
 MODEL = "smollm2-135m-instruct"
 
 
 # --ablate: chattune LoRA with one speed trick turned off at a time (config overrides, or the plain model loss)
-ABLATIONS = {"all tricks": [], "no packing": ["packing=false"], "fp32 (no bf16)": ["precision=fp32"],
-             "full LM head": "plain-loss"}
+ABLATIONS = {"all tricks": [], "no packing": ["packing=false"], "full LM head": "plain-loss",
+             "memory=fast": ["memory=fast"], "memory=low": ["memory=low"], "lora dropout 0.05": ["lora.dropout=0.05"],
+             "compile": ["compile=true"]}
+BF16_ABLATION = {"fp32 (no bf16)": ["precision=fp32"]}  # only where the CPU has native bf16
+PRECISIONS = {"fp32": ["precision=fp32"], "bf16": ["precision=bf16"]}  # the main table's chattune rows
 
 
 def shared_config(args, method: str, extra: list[str] = ()):
@@ -42,7 +52,7 @@ def shared_config(args, method: str, extra: list[str] = ()):
         f"method={method}", f"max_length={args.max_length}", f"batch_size={args.batch_size}",
         f"max_steps={args.steps + args.warmup}", "eval_steps=100000", "early_stopping_patience=0",
         "eval_replies=0", "logging_steps=1000", f"lora.r={args.lora_r}", f"lora.alpha={2 * args.lora_r}",
-        "lora.dropout=0.0", "lora.target_modules=all-linear",
+        f"lora.dropout={args.lora_dropout}", "lora.target_modules=all-linear",
         f"learning_rate={2e-4 if method == 'lora' else 2e-5}", f"compile={str(args.compile).lower()}", *extra,
     ])
 
@@ -61,12 +71,16 @@ class Meter:
         return batch
 
 
-def timing_callback(meter: Meter):
+def timing_callback(meter: Meter, warmup: int = 0, budget: float | None = None):
     from transformers import TrainerCallback
+
+    started = time.perf_counter()
 
     class StepTimer(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             meter.step_ends.append(time.perf_counter())
+            if budget is not None and len(meter.step_ends) > warmup and meter.step_ends[-1] - started > budget:
+                control.should_training_stop = True
 
     return StepTimer()
 
@@ -88,17 +102,21 @@ def run_chattune(args, method: str, ablation: str = "all tricks") -> dict:
     from rich.console import Console
 
     from chattune.data.load import load_chat_split
+    from chattune.data.prepare import tokenize_split
     from chattune.models import load_model
     from chattune.train import sft
     from chattune.train.common import add_lora
 
-    change = ABLATIONS[ablation]
+    from chattune.train.memory import release_freed_memory
+
+    release_freed_memory()  # as the chattune CLI does at start-up
+    change = {**ABLATIONS, **BF16_ABLATION, **PRECISIONS}[ablation]
     if change == "plain-loss":  # the model's own forward and loss: logits for every position
         sft.supports_target_only_loss = lambda model: False
     cfg = shared_config(args, method, [] if change == "plain-loss" else change)
     train_set, eval_set, report = load_chat_split(cfg)
     model, tokenizer = load_model(cfg.model)
-    train_examples, eval_examples = sft.tokenize_split(cfg, tokenizer, train_set, eval_set, report)
+    train_examples, eval_examples = tokenize_split(cfg, tokenizer, train_set, eval_set, report)
     bf16 = sft.use_bf16(cfg.precision, model.device)
     if method == "lora":
         model = add_lora(model, cfg)
@@ -108,43 +126,52 @@ def run_chattune(args, method: str, ablation: str = "all tricks") -> dict:
         result = measured_training(trainer, args.warmup)
     result["eval_loss"] = held_out_loss(trainer.model, tokenizer, eval_set, cfg.max_length)
     result["settings"] = (f"packing={cfg.packing}, precision={'bf16' if bf16 else 'fp32'}, target-only LM head, "
-                          f"compile={cfg.compile}")
+                          f"memory={cfg.memory}, lora.dropout={cfg.lora.dropout}, compile={cfg.compile}")
+    result["precision"] = "bf16" if bf16 else "fp32"
     return result
 
 
-def run_trl(args, method: str) -> dict:
+def run_trl(args, method: str, bf16: bool) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     from chattune.data.load import load_chat_split
     from chattune.models import load_model
     from chattune.train.common import lora_config
+    from chattune.train.fast import bf16_supported
 
     cfg = shared_config(args, method)
     train_set, eval_set, _ = load_chat_split(cfg)
     model, tokenizer = load_model(cfg.model)
     peft_config = lora_config(cfg) if method == "lora" else None
+    emulated = bf16 and not bf16_supported(model.device)
     with tempfile.TemporaryDirectory() as output:
         config = SFTConfig(output_dir=output, max_length=cfg.max_length, per_device_train_batch_size=cfg.batch_size,
                            learning_rate=cfg.learning_rate, max_steps=cfg.max_steps, optim="adamw_torch",
                            lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, seed=cfg.seed,
                            save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=1000,
-                           use_cpu=True)  # required by transformers for bf16 (TRL's default) on a CPU
+                           use_cpu=True,  # required by transformers for bf16 (TRL's default) on a CPU
+                           bf16=bf16)
         dataset = Dataset.from_list([{"messages": conversation} for conversation in train_set])
         trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=peft_config)
-        result = measured_training(trainer, args.warmup)
+        # emulated bf16 runs minutes per step: one untimed step, then as many as fit the budget
+        result = measured_training(trainer, 1 if emulated else args.warmup, args.stall_budget if emulated else None)
     result["eval_loss"] = held_out_loss(trainer.model, tokenizer, eval_set, cfg.max_length)
-    result["settings"] = (f"SFTConfig defaults: bf16={config.bf16}, gradient_checkpointing="
+    result["settings"] = (f"SFTConfig defaults{'' if bf16 else ' but bf16=False'}: bf16={config.bf16}"
+                          f"{' (emulated: no native bf16)' if emulated else ''}, gradient_checkpointing="
                           f"{config.gradient_checkpointing}, packing={config.packing}")
+    result["precision"] = "bf16" if bf16 else "fp32"
+    result["stopped_early"] = emulated
     return result
 
 
-def measured_training(trainer, warmup: int) -> dict:
-    """Train with every batch counted and every step timed; the throughput after `warmup` steps."""
+def measured_training(trainer, warmup: int, budget: float | None = None) -> dict:
+    """Train with every batch counted and every step timed; the throughput after `warmup` steps. With a `budget`
+    (seconds), training stops at the first step past it that is timed."""
     meter = Meter(trainer.data_collator)
     trainer.data_collator = meter
-    trainer.add_callback(timing_callback(meter))
+    trainer.add_callback(timing_callback(meter, warmup, budget))
     trainer.train()
     return summarise(meter, warmup)
 
@@ -178,6 +205,33 @@ def in_subprocess(target, args, method: str, *extra) -> dict:
     return result
 
 
+def model_shape() -> dict:
+    """Parameters of the decoder (every real token runs through it) and of the LM head (run where a token is trained)."""
+    from chattune.models import load_model
+
+    model, _ = load_model(MODEL)
+    head = model.get_output_embeddings().weight.numel()
+    body = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+    if model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
+        body -= head
+    return {"body_params": body, "head_params": head}
+
+
+def useful_flops_per_s(row: dict, method: str, shape: dict) -> float:
+    """FLOPs the step needs per second: forward 2P and input-gradient backward 2P per token, plus the weight
+    gradients (2P) where weights are trained; the decoder for every real token, the LM head (frozen in LoRA, tied
+    and trained in full runs) for trained tokens only. The same count for both trainers: logits TRL computes for
+    untrained positions and layers recomputed by checkpointing are not useful work."""
+    factor = 4 if method == "lora" else 6
+    return factor * (row["real_tokens_per_s"] * shape["body_params"] + row["target_tokens_per_s"] * shape["head_params"])
+
+
+def measure_peaks(native_bf16: bool) -> dict[str, float]:
+    """The matmul peak of each precision chattune would train in here: fp32 always, bf16 only where it is native."""
+    dtypes = {"fp32": "float32", **({"bf16": "bfloat16"} if native_bf16 else {})}
+    return {precision: matmul_peak_gflops(dtype) for precision, dtype in dtypes.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="chitchat")
@@ -186,69 +240,83 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--lora-dropout", type=float, default=0.0, help="both trainers (the demo's setting)")
     parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing starts")
+    parser.add_argument("--stall-budget", type=float, default=150,
+                        help="seconds the TRL-defaults row may run where its bf16 is emulated")
     parser.add_argument("--skip-full", action="store_true", help="LoRA rows only")
     parser.add_argument("--compile", action="store_true", help="chattune with compile=true (warm-up must cover it)")
     parser.add_argument("--ablate", action="store_true",
                         help="instead: chattune LoRA with each speed trick turned off in turn (what each contributes)")
     args = parser.parse_args()
 
+    import torch
+
     from chattune.models import resolve_model
+    from chattune.train.fast import bf16_supported
 
     resolve_model(MODEL)  # convert the GGUF once, outside the timed runs
-    peak = matmul_peak_gflops()
-    from chattune.models import load_model
-
-    model, _ = load_model(MODEL)
-    params = sum(p.numel() for p in model.parameters())
-    del model
+    native_bf16 = bf16_supported(torch.device("cpu"))
+    peaks = measure_peaks(native_bf16)
+    precisions = list(peaks)
+    shape = model_shape()
+    flags = precision_flags()
+    print(f"CPU flags: {' '.join(f'{flag}={yes}' for flag, yes in flags.items())} -> precisions {precisions}; "
+          + ", ".join(f"{p} matmul peak {g:.0f} GFLOP/s" for p, g in peaks.items()), flush=True)
     if args.ablate:
-        ablate(args, peak, params)
+        ablate(args, peaks, shape, native_bf16)
         return
     rows = []
     for method in ["lora"] + ([] if args.skip_full else ["full"]):
-        # LoRA: forward 2N + input-gradient backward 2N FLOP per token; full adds the weight gradients (2N more)
-        flops_per_token = (4 if method == "lora" else 6) * params
-        for name, target in (("TRL SFTTrainer", run_trl), ("chattune", run_chattune)):
-            result = in_subprocess(target, args, method)
+        runs = [("TRL SFTTrainer defaults", run_trl, (True,)), ("TRL bf16=False", run_trl, (False,))]
+        runs += [(f"chattune {precision}", run_chattune, (precision,)) for precision in precisions]
+        for name, target, extra in runs:
+            result = in_subprocess(target, args, method, *extra)
             result.update(trainer=name, method=method,
-                          mfu=result["real_tokens_per_s"] * flops_per_token / (peak * 1e9))
+                          mfu=useful_flops_per_s(result, method, shape) / (peaks[result["precision"]] * 1e9))
             rows.append(result)
-            print(f"{name:15} {method:4}  real {result['real_tokens_per_s']:7.1f} tok/s  "
-                  f"targets {result['target_tokens_per_s']:7.1f} tok/s  all {result['all_tokens_per_s']:7.1f} tok/s  "
-                  f"MFU {result['mfu']:.1%}  RSS {result['peak_rss_mb']:.0f} MB  eval loss {result['eval_loss']:.4f}",
-                  flush=True)
-    print_table(rows, peak)
-    write_result("train_throughput", {"args": vars(args), "bf16_peak_gflops": peak, "params": params, "rows": rows})
+            print(row_line(result), flush=True)
+    print_table(rows, peaks, flags)
+    write_result("train_throughput", {"args": vars(args), "peak_gflops": peaks, **shape, "rows": rows})
 
 
-def ablate(args, peak: float, params: int) -> None:
-    rows = {name: in_subprocess(run_chattune, args, "lora", name) for name in ABLATIONS}
+def row_line(row: dict) -> str:
+    stopped = "  (stopped at the stall budget)" if row.get("stopped_early") else ""
+    return (f"{row['trainer']:24} {row['method']:4} {row['precision']}  real {row['real_tokens_per_s']:7.1f} tok/s  "
+            f"targets {row['target_tokens_per_s']:7.1f} tok/s  MFU {row['mfu']:.1%}  RSS {row['peak_rss_mb']:.0f} MB  "
+            f"eval loss {row['eval_loss']:.4f}  ({row['steps_timed']} timed steps){stopped}")
+
+
+def ablate(args, peaks: dict, shape: dict, native_bf16: bool) -> None:
+    changes = {**ABLATIONS, **(BF16_ABLATION if native_bf16 else {})}
+    rows = {name: in_subprocess(run_chattune, args, "lora", name) for name in changes}
     full = rows["all tricks"]["real_tokens_per_s"]
-    print(f"\nbf16 matmul peak measured: {peak:.0f} GFLOP/s")
-    print(f"{'chattune LoRA':18}{'real tok/s':>11}{'MFU':>7}{'eval loss':>10}{'all tricks / this':>19}")
+    print(f"\n{'chattune LoRA':20}{'precision':>10}{'real tok/s':>11}{'MFU':>7}{'peak RSS MB':>12}{'eval loss':>10}"
+          f"{'all tricks / this':>19}")
     for name, row in rows.items():
-        mfu = row["real_tokens_per_s"] * 4 * params / (peak * 1e9)
-        print(f"{name:18}{row['real_tokens_per_s']:11.1f}{mfu:7.1%}{row['eval_loss']:10.4f}"
-              f"{full / row['real_tokens_per_s']:18.2f}x")
-    write_result("train_ablation", {"args": vars(args), "bf16_peak_gflops": peak, "params": params, "rows": rows})
+        row["mfu"] = useful_flops_per_s(row, "lora", shape) / (peaks[row["precision"]] * 1e9)
+        print(f"{name:20}{row['precision']:>10}{row['real_tokens_per_s']:11.1f}{row['mfu']:7.1%}"
+              f"{row['peak_rss_mb']:12.0f}{row['eval_loss']:10.4f}{full / row['real_tokens_per_s']:18.2f}x")
+    write_result("train_ablation", {"args": vars(args), "peak_gflops": peaks, **shape, "rows": rows})
 
 
-def print_table(rows: list[dict], peak: float) -> None:
-    print(f"\nbf16 matmul peak measured: {peak:.0f} GFLOP/s")
-    header = f"{'trainer':16}{'method':7}{'real tok/s':>11}{'target tok/s':>13}{'all tok/s':>10}{'MFU':>7}" \
-             f"{'peak RSS MB':>12}{'eval loss':>10}"
-    print(header)
+def print_table(rows: list[dict], peaks: dict, flags: dict) -> None:
+    print(f"\nCPU flags deciding the precision: {', '.join(f'{f}={y}' for f, y in flags.items())}")
+    print("matmul peaks: " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peaks.items()) + " (MFU against the row's)")
+    print(f"{'trainer':25}{'method':7}{'prec':5}{'real tok/s':>11}{'target tok/s':>13}{'MFU':>7}{'peak RSS MB':>12}"
+          f"{'eval loss':>10}")
     for row in rows:
-        print(f"{row['trainer']:16}{row['method']:7}{row['real_tokens_per_s']:11.1f}{row['target_tokens_per_s']:13.1f}"
-              f"{row['all_tokens_per_s']:10.1f}{row['mfu']:7.1%}{row['peak_rss_mb']:12.0f}{row['eval_loss']:10.4f}")
+        print(f"{row['trainer']:25}{row['method']:7}{row['precision']:5}{row['real_tokens_per_s']:11.1f}"
+              f"{row['target_tokens_per_s']:13.1f}{row['mfu']:7.1%}{row['peak_rss_mb']:12.0f}{row['eval_loss']:10.4f}"
+              + ("  stopped at the stall budget" if row.get("stopped_early") else ""))
     for method in sorted({row["method"] for row in rows}):
-        trl, ours = (next(r for r in rows if r["method"] == method and r["trainer"] == t)
-                     for t in ("TRL SFTTrainer", "chattune"))
-        print(f"{method}: chattune / TRL real tokens/s = {ours['real_tokens_per_s'] / trl['real_tokens_per_s']:.2f}x, "
-              f"eval loss {ours['eval_loss']:.4f} vs {trl['eval_loss']:.4f} "
-              f"({ours['eval_loss'] / trl['eval_loss'] - 1:+.1%})")
+        trl = max((r for r in rows if r["method"] == method and r["trainer"].startswith("TRL")),
+                  key=lambda r: r["real_tokens_per_s"])
+        for ours in (r for r in rows if r["method"] == method and r["trainer"].startswith("chattune")):
+            print(f"{method}: {ours['trainer']} / {trl['trainer']} (the faster TRL row) real tokens/s = "
+                  f"{ours['real_tokens_per_s'] / trl['real_tokens_per_s']:.2f}x, peak RSS {ours['peak_rss_mb']:.0f} vs "
+                  f"{trl['peak_rss_mb']:.0f} MB, eval loss {ours['eval_loss']:.4f} vs {trl['eval_loss']:.4f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,42 @@
+"""The training benchmark measures its MFU peak in the precision the run uses, quickly: on a CPU without native
+bf16 it must not time an emulated bf16 matmul (that alone stalled `make bench` for minutes)."""
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import train_throughput  # noqa: E402
+
+
+def test_peak_is_fp32_only_without_native_bf16_and_returns_within_its_bound(monkeypatch):
+    calls = []
+    real = train_throughput.matmul_peak_gflops
+    monkeypatch.setattr(train_throughput, "matmul_peak_gflops",
+                        lambda dtype, **kw: calls.append(dtype) or real(dtype, seconds=1.0))
+    started = time.perf_counter()
+    peaks = train_throughput.measure_peaks(native_bf16=False)
+    assert list(peaks) == ["fp32"] and calls == ["float32"]
+    assert peaks["fp32"] > 1.0  # GFLOP/s
+    assert time.perf_counter() - started < 10
+
+
+def test_with_native_bf16_both_precisions_get_their_own_peak(monkeypatch):
+    monkeypatch.setattr(train_throughput, "matmul_peak_gflops", lambda dtype: {"float32": 100.0, "bfloat16": 400.0}[dtype])
+    assert train_throughput.measure_peaks(native_bf16=True) == {"fp32": 100.0, "bf16": 400.0}
+
+
+def test_default_peak_measurement_keeps_to_its_time_bound():
+    from machine import matmul_peak_gflops
+
+    started = time.perf_counter()
+    matmul_peak_gflops("float32")
+    assert time.perf_counter() - started < 10
+
+
+def test_useful_flops_count_the_head_only_for_trained_tokens():
+    shape = {"body_params": 100, "head_params": 1000}
+    row = {"real_tokens_per_s": 10.0, "target_tokens_per_s": 2.0}
+    assert train_throughput.useful_flops_per_s(row, "lora", shape) == 4 * (10 * 100 + 2 * 1000)
+    assert train_throughput.useful_flops_per_s(row, "full", shape) == 6 * (10 * 100 + 2 * 1000)
