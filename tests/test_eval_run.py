@@ -57,7 +57,8 @@ def test_training_writes_eval_with_base_tuned_and_intervals(evaluated_run):
     trained = json.loads((evaluated_run / "metrics.json").read_text())
     assert loss["base"] == pytest.approx(trained["base"]["loss"], rel=1e-4)
     assert loss["tuned"] == pytest.approx(trained["tuned"]["loss"], rel=1e-4)
-    for key in ("bleu", "chrf", "rouge1", "rougeL", "relevance_reference", "toxicity", "ended", "distinct_2"):
+    for key in ("bleu", "chrf", "rouge1", "rougeL", "relevance_reference", "toxicity", "ended", "loop_rate",
+                "distinct_2"):
         assert {"base", "tuned", "delta", "ci"} <= set(metrics[key])
     # the tuned model learned the fixture's replies; the random base model did not
     assert metrics["rougeL"]["tuned"] > metrics["rougeL"]["base"]

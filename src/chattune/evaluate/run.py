@@ -57,6 +57,8 @@ METRICS = (
     MetricSpec("toxicity", "toxicity (mean probability)", "lower", statistics.fmean),
     MetricSpec("toxic_rate", f"toxic replies (p > {TOXIC_THRESHOLD})", "lower", statistics.fmean),
     MetricSpec("ended", "replies that end before the token limit", "higher", statistics.fmean),
+    MetricSpec("loop_rate", f"replies that loop (a line or {text_metrics.LOOP_SPAN}-word span "
+                            f"x{text_metrics.LOOP_REPEATS}+)", "lower", statistics.fmean),
     MetricSpec("reply_words", "reply length (words)", "", statistics.fmean),
     MetricSpec("distinct_1", "distinct-1", "higher", lambda lists: text_metrics.distinct_n(lists, 1)),
     MetricSpec("distinct_2", "distinct-2", "higher", lambda lists: text_metrics.distinct_n(lists, 2)),
@@ -145,12 +147,14 @@ def _score_replies(likelihoods: list[dict], replies: list[Reply], pairs: list[Re
         "relevance_reference": cosine_similarities(encoder, texts, references),
         "relevance_context": cosine_similarities(encoder, texts, [pair.context[-1]["content"] for pair in pairs]),
         "toxicity": toxic, "toxic_rate": [float(p > TOXIC_THRESHOLD) for p in toxic],
-        "ended": [float(reply.ended) for reply in replies], "reply_words": [float(len(w)) for w in word_lists],
+        "ended": [float(reply.ended) for reply in replies], "loop_rate": [float(text_metrics.loops(t)) for t in texts],
+        "reply_words": [float(len(w)) for w in word_lists],
         "distinct_1": word_lists, "distinct_2": word_lists,
     }
     summary = {spec.key: spec.aggregate(items[spec.key]) for spec in METRICS}
     console.print(f"eval {name}: loss {summary['loss']:.4f}  BLEU {summary['bleu']:.2f}  "
-                  f"ROUGE-L {summary['rougeL']:.3f}  relevance {summary['relevance_reference']:.3f}")
+                  f"ROUGE-L {summary['rougeL']:.3f}  relevance {summary['relevance_reference']:.3f}  "
+                  f"ended {summary['ended']:.0%}  loops {summary['loop_rate']:.0%}")
     return {"items": items, "replies": replies}
 
 
@@ -163,6 +167,6 @@ def _examples(pairs: list[ReplyPair], scored: dict) -> list[dict]:
             items = system["items"]
             example[name] = {"reply": reply.text, "ended": reply.ended, "toxicity": items["toxicity"][index],
                              "relevance_reference": items["relevance_reference"][index],
-                             "rougeL": items["rougeL"][index]}
+                             "rougeL": items["rougeL"][index], "loops": bool(items["loop_rate"][index])}
         examples.append(example)
     return examples
