@@ -1,5 +1,6 @@
 """`chattune train` ends with an evaluation; `chattune eval` and `chattune report` work on the run folder it wrote."""
 
+import dataclasses
 import json
 from html.parser import HTMLParser
 
@@ -78,12 +79,16 @@ def test_held_out_set_is_the_one_training_used(evaluated_run):
 
 def test_eval_replies_equal_chat_replies(evaluated_run):
     from chattune.generate.hf import load_hf_backend
-    from chattune.generate.sampling import Sampling
+    from chattune.generate.sampling import run_sampling
 
     evaluation = json.loads((evaluated_run / "eval.json").read_text())
     backend = load_hf_backend(str(evaluated_run))
     contexts = [example["context"] for example in evaluation["examples"][:3]]
-    expected = [r.text for r in backend.replies(contexts, Sampling(temperature=0, max_new_tokens=12))]
+    # `chattune chat --temperature 0`: the run's defaults, greedy
+    sampling = dataclasses.replace(run_sampling(evaluated_run), temperature=0, max_new_tokens=12)
+    assert (evaluation["sampling"]["repetition_penalty"], evaluation["sampling"]["no_repeat_ngram_size"]) == \
+        (sampling.repetition_penalty, sampling.no_repeat_ngram_size)
+    expected = [r.text for r in backend.replies(contexts, sampling)]
     assert [example["tuned"]["reply"] for example in evaluation["examples"][:3]] == expected
 
 

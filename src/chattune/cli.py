@@ -45,18 +45,22 @@ def _printable(text: str) -> str:
 def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     from chattune.generate.sampling import Sampling
 
+    # unset flags keep the run's generation_config.json (generate/sampling.py), else these defaults
     default = Sampling()  # the defaults live there, shared with the server and both backends
-    parser.add_argument("--temperature", type=float, default=default.temperature,
-                        help=f"0 for greedy decoding (default {default.temperature})")
-    parser.add_argument("--top-p", type=float, default=default.top_p,
-                        help=f"nucleus sampling threshold (default {default.top_p})")
-    parser.add_argument("--top-k", type=int, default=default.top_k,
-                        help=f"sample among the K likeliest tokens, 0 for all (default {default.top_k})")
-    parser.add_argument("--repetition-penalty", type=float, default=default.repetition_penalty,
+    parser.add_argument("--temperature", type=float,
+                        help=f"0 for greedy decoding (default: the run's, else {default.temperature})")
+    parser.add_argument("--top-p", type=float,
+                        help=f"nucleus sampling threshold (default: the run's, else {default.top_p})")
+    parser.add_argument("--top-k", type=int,
+                        help=f"sample among the K likeliest tokens, 0 for all (default: the run's, else {default.top_k})")
+    parser.add_argument("--repetition-penalty", type=float,
                         help="above 1, tokens already in the conversation or reply get less likely; 1 is off "
-                        f"(default {default.repetition_penalty})")
-    parser.add_argument("--max-new-tokens", type=int, default=default.max_new_tokens,
-                        help=f"longest reply in tokens (default {default.max_new_tokens})")
+                        f"(default: the run's, else {default.repetition_penalty})")
+    parser.add_argument("--no-repeat-ngram-size", type=int, metavar="N",
+                        help="never repeat a span of N tokens of the conversation or reply; 0 is off "
+                        f"(default: the run's, else {default.no_repeat_ngram_size})")
+    parser.add_argument("--max-new-tokens", type=int,
+                        help=f"longest reply in tokens (default: the run's, else {default.max_new_tokens})")
     parser.add_argument("--seed", type=int, help="fix the sampling for reproducible replies")
 
 
@@ -70,10 +74,14 @@ def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _sampling(args):
-    from chattune.generate.sampling import Sampling
+    """The run's decoding defaults (generation_config.json), with the sampling flags given on top."""
+    import dataclasses
 
-    return Sampling(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                    repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    from chattune.generate.sampling import run_sampling
+
+    flags = {name: getattr(args, name) for name in ("temperature", "top_p", "top_k", "repetition_penalty",
+                                                    "no_repeat_ngram_size", "max_new_tokens", "seed")}
+    return dataclasses.replace(run_sampling(args.run), **{k: v for k, v in flags.items() if v is not None})
 
 
 def cmd_data_inspect(args) -> None:

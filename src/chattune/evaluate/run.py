@@ -14,6 +14,7 @@ they are neither read nor scored twice. Classification runs are scored by chattu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -35,7 +36,7 @@ from chattune.evaluate.relevance import SentenceEncoder, cosine_similarities
 from chattune.evaluate.safety import TOXIC_THRESHOLD, toxicity
 from chattune.files import atomic_write_json
 from chattune.generate.hf import HFBackend, load_hf_backend
-from chattune.generate.sampling import Sampling
+from chattune.generate.sampling import run_sampling
 from chattune.runs import Run
 
 
@@ -78,9 +79,12 @@ def evaluate_run(run: Run, *, data: str | None = None, split: str = "eval", limi
     started, cfg = time.time(), run.config
     conversations = held_out.conversations if held_out else eval_conversations(cfg, data, split)[:limit]
     pairs = reply_pairs(conversations[:limit], cfg.seed)
-    sampling = Sampling(temperature=0, max_new_tokens=max_new_tokens or cfg.eval_max_new_tokens, seed=cfg.seed)
+    # greedy, with the run's loop guards (generation_config.json), as `chattune chat --temperature 0` replies
+    sampling = dataclasses.replace(run_sampling(run.path), temperature=0, seed=cfg.seed,
+                                   max_new_tokens=max_new_tokens or cfg.eval_max_new_tokens)
     console.print(f"eval: {len(pairs)} held-out conversations from {data or cfg.data} ({split} split), "
-                  f"greedy replies of up to {sampling.max_new_tokens} tokens")
+                  f"greedy replies of up to {sampling.max_new_tokens} tokens (repetition penalty "
+                  f"{sampling.repetition_penalty:g}, no-repeat n-grams {sampling.no_repeat_ngram_size or 'off'})")
     encoder = SentenceEncoder.load()
     scored = {}
     for name in ("base", "tuned") if compare_base else ("tuned",):
@@ -96,7 +100,9 @@ def evaluate_run(run: Run, *, data: str | None = None, split: str = "eval", limi
         "models": {"base": cfg.model, "tuned": str(run.path)},
         "data": {"source": data or cfg.data, "split": split, "conversations": len(conversations),
                  "pairs": len(pairs)},
-        "sampling": {"temperature": 0, "max_new_tokens": sampling.max_new_tokens, "seed": cfg.seed},
+        "sampling": {"temperature": 0, "max_new_tokens": sampling.max_new_tokens, "seed": cfg.seed,
+                     "repetition_penalty": sampling.repetition_penalty,
+                     "no_repeat_ngram_size": sampling.no_repeat_ngram_size},
         "bootstrap": {"resamples": RESAMPLES, "confidence": CONFIDENCE, "unit": "conversation"},
         "metrics": metric_table(METRICS, scored, cfg.seed),
         "examples": _examples(pairs, scored),
