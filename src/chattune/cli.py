@@ -157,6 +157,8 @@ def cmd_train(args) -> None:
         print(f"held-out eval loss (summary tokens): {result['metrics']['best_eval_loss']:.4f}")
     else:  # eval_replies: 0 skipped the evaluation; training's own base/tuned likelihood is what there is
         print_before_after(result["metrics"], Console())
+    if "fit" in result["metrics"]:  # the loss curves in words (evaluate/fit.py)
+        print(f"fit: {result['metrics']['fit']['text']}")
     if result["task"] == "classify":
         print(f"run folder: {run}\n  report:  {run / 'report.html'}\n  predict: chattune predict {run} --text 'hi!'")
     elif result["task"] == "summarize":
