@@ -21,6 +21,9 @@ def _add_reader_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--response-column", help=READER_FLAGS_HELP.format("reply"))
     parser.add_argument("--first-speaker", choices=["user", "assistant"], default="user",
                         help="transcripts: role of each conversation's first speaker (default: user)")
+    parser.add_argument("--consecutive-messages", choices=["newline", "space"], default="newline",
+                        help="join one speaker's consecutive messages into one turn with a newline (default) or a "
+                        "space")
     from chattune.data.readers.limits import MAX_FILE_BYTES, MAX_RECORD_BYTES
 
     parser.add_argument("--max-file-bytes", type=int, default=MAX_FILE_BYTES,
@@ -33,7 +36,7 @@ def _reader_options(args) -> dict:
     from chattune.data.readers.limits import ReadLimits
 
     return dict(prompt_column=args.prompt_column, response_column=args.response_column,
-                first_speaker=args.first_speaker,
+                first_speaker=args.first_speaker, consecutive_messages=args.consecutive_messages,
                 limits=ReadLimits(max_file_bytes=args.max_file_bytes, max_record_bytes=args.max_record_bytes))
 
 
