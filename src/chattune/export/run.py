@@ -127,7 +127,7 @@ def _write_and_verify(run: Run, reference: HFBackend, fmt: str, quant: str | Non
     if fmt == "ollama":
         context = min(reference.context_length, OLLAMA_CONTEXT)
         atomic_write_text(folder / "Modelfile", modelfile(gguf_file.name, reference.tokenizer, reference.stop_ids,
-                                                           system, context))
+                                                           system, context, run_sampling(run.path)))
     # room for the longest prompt and a reply (llama.cpp allocates the logits of every position up front)
     longest = max(len(reference.prompt_ids(context)) for context in prompts)
     exported = verify.GGUFExport(gguf_file, reference.tokenizer, system,
