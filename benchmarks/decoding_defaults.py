@@ -1,7 +1,7 @@
 """Which decoding defaults keep a tuned chat model out of loops: candidate loop guards side by side on one run.
 
-    python benchmarks/decoding_defaults.py ../runs/demo                # ~6 min on 2 cores for the demo run
-    python benchmarks/decoding_defaults.py ../runs/demo --replies 32 --candidates off rp1.2 ngram4
+    python benchmarks/decoding_defaults.py ../runs/demo                # every candidate: ~30 min on 2 busy cores
+    python benchmarks/decoding_defaults.py ../runs/demo --candidates off rp1.2 ngram4 --sets select
 
 Every candidate decodes greedily (as `chattune eval` does; loops are worst there, and sampling at chat's
 temperature 0.7 mostly hides them by chance) with the run's own model and chat template, up to the run's
@@ -113,7 +113,7 @@ def choose(rows: list[dict]) -> dict:
 
 
 def print_table(title: str, rows: list[dict]) -> None:
-    print(f"\n{title}")
+    print(f"\n{title}", flush=True)
     print("| candidate | loop rate | ended | ROUGE-L | relevance (reference) | relevance (user) | distinct-2 |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
@@ -124,14 +124,16 @@ def print_table(title: str, rows: list[dict]) -> None:
                 low, high = row[f"{key}_ci"]
                 cell += f" [{low:+.3f}, {high:+.3f}]"
             cells.append(cell)
-        print(f"| {row['candidate']} | " + " | ".join(cells) + " |")
+        print(f"| {row['candidate']} | " + " | ".join(cells) + " |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", help="a chat run folder (e.g. runs/demo)")
-    parser.add_argument("--replies", type=int, default=48, help="conversations per set (default 48)")
+    parser.add_argument("--replies", type=int, default=32, help="conversations per set (default 32, as the demo's "
+                        "evaluation)")
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    parser.add_argument("--sets", nargs="+", default=["select", "held-out"], choices=["select", "held-out"])
     args = parser.parse_args()
     from chattune.evaluate.relevance import SentenceEncoder
     from chattune.generate.hf import load_hf_backend
@@ -143,20 +145,23 @@ def main() -> None:
     backend, encoder = load_hf_backend(str(run.path)), SentenceEncoder.load()
     names = ["off"] + [name for name in args.candidates if name != "off"]
     result = {"run": str(run.path), "max_new_tokens": run.config.eval_max_new_tokens, "sets": {}}
-    for set_name, pairs in sets.items():
+    for set_name, pairs in ((name, sets[name]) for name in args.sets):
         scored, started = {}, time.time()
         for name in names:
             penalty, ngram = CANDIDATES[name]
             sampling = Sampling(temperature=0, repetition_penalty=penalty, no_repeat_ngram_size=ngram,
                                 max_new_tokens=run.config.eval_max_new_tokens)
             scored[name] = score(backend, encoder, pairs, sampling)
+            print(f"{set_name} {name}: loop rate {statistics.fmean(scored[name]['loop_rate']):.3f} "
+                  f"({time.time() - started:.0f} s)", flush=True)
         rows = table_rows(scored, run.config.seed)
         print_table(f"{set_name}: {len(pairs)} conversations, greedy, up to {run.config.eval_max_new_tokens} tokens "
                     f"({time.time() - started:.0f} s); [95% interval of the change vs off]", rows)
         result["sets"][set_name] = {"conversations": len(pairs), "rows": rows,
                                     "replies": {name: items["texts"] for name, items in scored.items()}}
-    result["chosen"] = choose(result["sets"]["select"]["rows"])["candidate"]
-    print(f"\nchosen on `select` (loop rate <= {MAX_LOOP_RATE:.0%}, then relevance, then ROUGE-L): {result['chosen']}")
+    first = args.sets[0]
+    result["chosen"] = choose(result["sets"][first]["rows"])["candidate"]
+    print(f"\nchosen on `{first}` (loop rate <= {MAX_LOOP_RATE:.0%}, then relevance, then ROUGE-L): {result['chosen']}")
     write_result("decoding_defaults", result)
 
 
