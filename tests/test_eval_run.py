@@ -175,6 +175,9 @@ def test_the_run_carries_its_decoding_defaults_to_transformers_chat_eval_and_ser
     assert _sampling(build_parser().parse_args(["chat", str(run)])) == expected
     assert _sampling(build_parser().parse_args(["generate", str(run), "--prompt", "hi", "--temperature", "0"])) \
         == dataclasses.replace(expected, temperature=0)
+    assert main(["eval", str(run), "--limit", "2", "--no-repeat-ngram-size", "0"]) == 0
+    sampling = json.loads((run / "eval.json").read_text())["sampling"]
+    assert (sampling["temperature"], sampling["repetition_penalty"], sampling["no_repeat_ngram_size"]) == (0, 1.4, 0)
     engine, store = Engine(ScriptedBackend([72, 105])), Store(tmp_path / "feedback.sqlite")
     submitted, submit = [], engine.submit
     engine.submit = lambda messages, sampling, *rest, **options: submitted.append(sampling) or submit(

@@ -300,9 +300,11 @@ def cmd_eval(args) -> None:
     from chattune.evaluate.report import print_evaluation
     from chattune.pipeline import evaluate
 
+    guards = {"repetition_penalty": args.repetition_penalty, "no_repeat_ngram_size": args.no_repeat_ngram_size}
     result = evaluate(args.run, data=args.data, split=args.split, limit=args.limit,
                       compare_base=args.compare_base, max_new_tokens=args.max_new_tokens,
-                      batch_size=args.batch_size, console=Console(stderr=True))
+                      batch_size=args.batch_size, console=Console(stderr=True),
+                      loop_guards={key: value for key, value in guards.items() if value is not None})
     print_evaluation(result, Console())
     print(f"wrote {Path(args.run) / 'eval.json'} and {Path(args.run) / 'report.html'}")
 
@@ -529,6 +531,10 @@ def _add_evaluation_parsers(verbs) -> None:
     evaluate.add_argument("--max-new-tokens", type=int, help="longest generated reply (default: the run's "
                           "eval_max_new_tokens, 64)")
     evaluate.add_argument("--batch-size", type=int, default=8, help="replies generated together (default 8)")
+    evaluate.add_argument("--repetition-penalty", type=float, help="chat runs: override the run's repetition penalty "
+                          "(generation_config.json; 1 is off)")
+    evaluate.add_argument("--no-repeat-ngram-size", type=int, metavar="N", help="chat runs: override the run's "
+                          "no-repeat n-gram size (generation_config.json; 0 is off)")
     evaluate.set_defaults(func=cmd_eval)
 
     report = verbs.add_parser("report", help="re-render RUN/report.html from RUN/eval.json (no recomputing)")

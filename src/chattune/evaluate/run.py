@@ -68,11 +68,12 @@ METRICS = (
 
 def evaluate_run(run: Run, *, data: str | None = None, split: str = "eval", limit: int | None = None,
                  compare_base: bool = False, max_new_tokens: int | None = None, batch_size: int = 8,
-                 held_out=None, console: Console | None = None) -> dict:
+                 held_out=None, console: Console | None = None, loop_guards: dict | None = None) -> dict:
     """Score the run, write RUN/eval.json and RUN/report.html, and return what eval.json holds.
 
     `held_out` (a train.sft.HeldOut) gives the conversations and their base/tuned likelihoods from training; the
-    likelihoods cover all of them and the replies the first `limit`."""
+    likelihoods cover all of them and the replies the first `limit`. `loop_guards` ({"repetition_penalty",
+    "no_repeat_ngram_size"}) override the run's generation_config.json."""
     from chattune.evaluate.report import write_report
 
     console = console or Console(stderr=True)
@@ -81,7 +82,7 @@ def evaluate_run(run: Run, *, data: str | None = None, split: str = "eval", limi
     pairs = reply_pairs(conversations[:limit], cfg.seed)
     # greedy, with the run's loop guards (generation_config.json), as `chattune chat --temperature 0` replies
     sampling = dataclasses.replace(run_sampling(run.path), temperature=0, seed=cfg.seed,
-                                   max_new_tokens=max_new_tokens or cfg.eval_max_new_tokens)
+                                   max_new_tokens=max_new_tokens or cfg.eval_max_new_tokens, **(loop_guards or {}))
     console.print(f"eval: {len(pairs)} held-out conversations from {data or cfg.data} ({split} split), "
                   f"greedy replies of up to {sampling.max_new_tokens} tokens (repetition penalty "
                   f"{sampling.repetition_penalty:g}, no-repeat n-grams {sampling.no_repeat_ngram_size or 'off'})")
