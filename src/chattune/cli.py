@@ -55,7 +55,8 @@ def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float,
                         help=f"nucleus sampling threshold (default: the run's, else {default.top_p})")
     parser.add_argument("--top-k", type=int,
-                        help=f"sample among the K likeliest tokens, 0 for all (default: the run's, else {default.top_k})")
+                        help="sample among the K likeliest tokens, 0 for all "
+                        f"(default: the run's, else {default.top_k})")
     parser.add_argument("--repetition-penalty", type=float,
                         help="above 1, tokens already in the conversation or reply get less likely; 1 is off "
                         f"(default: the run's, else {default.repetition_penalty})")

@@ -328,8 +328,8 @@ class AlignConfig(ChatConfig):
 # What an align run takes from its parent chat run: the same data, split, model and prompt format, so the held-out
 # conversations of the parent stay unseen and chat/serve/export read the aligned run as they read the parent.
 ALIGN_INHERITS = ("data", "eval_data", "eval_fraction", "limit", "eval_limit", "model", "method", "lora", "max_length",
-                  "prompt_column", "response_column", "first_speaker", "consecutive_messages", "system_prompt", "loss_on",
-                  "precision", "seed",
+                  "prompt_column", "response_column", "first_speaker", "consecutive_messages", "system_prompt",
+                  "loss_on", "precision", "seed",
                   "eval_max_new_tokens")
 
 

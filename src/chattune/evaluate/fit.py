@@ -53,7 +53,8 @@ def _rose(train: list[tuple[int, float]], best_step: int, best_loss: float, afte
     if train_change < -FLAT:
         return {**numbers, "verdict": "overfitting",
                 "text": f"{rise} while train loss fell ({train_change:+.1%}): overfitting; the best checkpoint "
-                        f"(step {best_step}) was kept; fewer epochs or steps, more weight decay or more data would help"}
+                        f"(step {best_step}) was kept; fewer epochs or steps, more weight decay or more data would "
+                        "help"}
     return {**numbers, "verdict": "unstable",
             "text": f"{rise} and train loss did not fall ({train_change:+.1%}): training is unstable; the best "
                     f"checkpoint (step {best_step}) was kept; a lower learning_rate would help"}
@@ -75,5 +76,5 @@ def _ended(train: list[tuple[int, float]], evals: list[tuple[int, float]]) -> di
                         f"from step {previous_step} to {last_step}; train {train_change:+.1%}): undertrained; more "
                         "steps (max_steps or epochs) would help"}
     return {**numbers, "verdict": "fits",
-            "text": f"eval loss levelled off at {last:.4f} ({eval_change:+.1%} over the last {last_step - previous_step}"
-                    " steps) without rising: fits well; more steps would change little"}
+            "text": f"eval loss levelled off at {last:.4f} ({eval_change:+.1%} over the last "
+                    f"{last_step - previous_step} steps) without rising: fits well; more steps would change little"}
