@@ -97,6 +97,11 @@ def chat_run(tmp_path_factory, base_model: str) -> Path:
             optimizer.zero_grad()
     model.save_pretrained(run / "model")
     tokenizer.save_pretrained(run / "model")
+    # the story must ramble until max_tokens, so this run decodes without the no-repeat n-gram guard: its
+    # generation_config.json says so, as a user would turn it off (chat, serve and eval read it)
+    from chattune.generate.sampling import Sampling, generation_config
+
+    generation_config(tokenizer, Sampling(no_repeat_ngram_size=0)).save_pretrained(run / "model")
     (run / "config.yaml").write_text(f"model: {base_model}\n")  # written last: its presence means the run is whole
     return run
 

@@ -44,6 +44,22 @@ def test_distinct_n_by_hand():
     assert text_metrics.distinct_n([[]], 2) == 0.0
 
 
+@pytest.mark.parametrize("reply, looping", [
+    ("I'm not sure\nI'm not sure\nI'm not sure", True),  # a line three times
+    ("i'm sorry, but i'm sorry, but i'm sorry, but", True),  # a 3-word span three times, across punctuation
+    ("Yes.\nyes.\n  YES.  ", True),  # lines compared stripped and case-folded
+    ("ha ha ha ha ha", True),  # overlapping spans count
+    ("I'm not sure\nI'm not sure", False),  # twice is an echo, not yet a loop
+    ("i like it, i like it a lot, and i like it here", True),
+    ("i like it, i like it a lot", False),
+    ("\n\n\nok", False),  # blank lines are not a repeated line
+    ("I like tea. Do you like tea? Tea is nice, tea is warm.", False),  # a word often, but no span
+    ("", False),
+])
+def test_loops_on_fixed_strings(reply, looping):
+    assert text_metrics.loops(reply) is looping
+
+
 def test_perplexity_is_exp_of_mean_token_nll(tiny_llama):
     from chattune.data.chat import IGNORE_INDEX, tokenize_conversations
     from chattune.data.collate import PadCollator

@@ -1,5 +1,6 @@
 """`chattune train` ends with an evaluation; `chattune eval` and `chattune report` work on the run folder it wrote."""
 
+import dataclasses
 import json
 from html.parser import HTMLParser
 
@@ -22,9 +23,10 @@ def evaluated_run(tmp_path_factory, tiny_llama):
     data = folder / "chats.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in ROWS), encoding="utf-8")
     run = folder / "run"
+    # fp32: the likelihoods below are compared to 1e-4; eval_steps 10: three evaluations, curves the fit can read
     assert main(["train", "--data", str(data), "--model", tiny_llama, "--output", str(run), "--set", "max_steps=30",
                  "--set", "batch_size=4", "--set", "learning_rate=0.01", "--set", "eval_max_new_tokens=12",
-                 "--set", "precision=fp32"]) == 0  # fp32: the likelihoods below are compared to 1e-4
+                 "--set", "precision=fp32", "--set", "eval_steps=10"]) == 0
     return run
 
 
@@ -57,7 +59,8 @@ def test_training_writes_eval_with_base_tuned_and_intervals(evaluated_run):
     trained = json.loads((evaluated_run / "metrics.json").read_text())
     assert loss["base"] == pytest.approx(trained["base"]["loss"], rel=1e-4)
     assert loss["tuned"] == pytest.approx(trained["tuned"]["loss"], rel=1e-4)
-    for key in ("bleu", "chrf", "rouge1", "rougeL", "relevance_reference", "toxicity", "ended", "distinct_2"):
+    for key in ("bleu", "chrf", "rouge1", "rougeL", "relevance_reference", "toxicity", "ended", "loop_rate",
+                "distinct_2"):
         assert {"base", "tuned", "delta", "ci"} <= set(metrics[key])
     # the tuned model learned the fixture's replies; the random base model did not
     assert metrics["rougeL"]["tuned"] > metrics["rougeL"]["base"]
@@ -77,12 +80,16 @@ def test_held_out_set_is_the_one_training_used(evaluated_run):
 
 def test_eval_replies_equal_chat_replies(evaluated_run):
     from chattune.generate.hf import load_hf_backend
-    from chattune.generate.sampling import Sampling
+    from chattune.generate.sampling import run_sampling
 
     evaluation = json.loads((evaluated_run / "eval.json").read_text())
     backend = load_hf_backend(str(evaluated_run))
     contexts = [example["context"] for example in evaluation["examples"][:3]]
-    expected = [r.text for r in backend.replies(contexts, Sampling(temperature=0, max_new_tokens=12))]
+    # `chattune chat --temperature 0`: the run's defaults, greedy
+    sampling = dataclasses.replace(run_sampling(evaluated_run), temperature=0, max_new_tokens=12)
+    assert (evaluation["sampling"]["repetition_penalty"], evaluation["sampling"]["no_repeat_ngram_size"]) == \
+        (sampling.repetition_penalty, sampling.no_repeat_ngram_size)
+    expected = [r.text for r in backend.replies(contexts, sampling)]
     assert [example["tuned"]["reply"] for example in evaluation["examples"][:3]] == expected
 
 
@@ -128,3 +135,59 @@ def test_bad_eval_input_is_one_line_exit_2(evaluated_run, tmp_path, capsys):
     assert "\n" not in error and "assistant turn" in error
     assert main(["report", str(tmp_path)]) == 2
     assert "eval.json" in capsys.readouterr().err
+
+
+def test_training_writes_the_fit_in_words_to_metrics_and_report(evaluated_run):
+    from chattune.evaluate.fit import read_log_fit
+
+    fit = json.loads((evaluated_run / "metrics.json").read_text())["fit"]
+    assert fit == read_log_fit(evaluated_run / "metrics.jsonl")  # the curves as logged, read after training
+    assert fit["verdict"] in ("overfitting", "undertrained", "fits", "unstable") and fit["evaluations"] >= 2
+    html = (evaluated_run / "report.html").read_text()
+    assert f"<b>{fit['verdict']}</b>" in html and fit["text"].split(" (")[0] in html
+
+
+def test_the_run_carries_its_decoding_defaults_to_transformers_chat_eval_and_serve(evaluated_run, tmp_path):
+    import shutil
+
+    from serve_helpers import ScriptedBackend, http, thread_server
+    from transformers import GenerationConfig
+
+    from chattune.cli import _sampling, build_parser
+    from chattune.generate.sampling import Sampling, run_sampling
+    from chattune.runs import Run
+    from chattune.serve.app import create_app
+    from chattune.serve.engine import Engine
+    from chattune.serve.store import Store
+
+    default = Sampling()
+    saved = GenerationConfig.from_pretrained(Run(evaluated_run).adapter_dir)  # as plain transformers reads it
+    assert (saved.do_sample, saved.temperature, saved.top_p, saved.repetition_penalty, saved.no_repeat_ngram_size) \
+        == (True, default.temperature, default.top_p, default.repetition_penalty, default.no_repeat_ngram_size)
+    assert run_sampling(evaluated_run) == default
+    # a run whose file says otherwise decodes that way in chat and serve; flags and request fields still win
+    run = shutil.copytree(evaluated_run, tmp_path / "run")
+    path = Run(run).generation_config_path
+    path.write_text(json.dumps({**json.loads(path.read_text()), "temperature": 0.3, "repetition_penalty": 1.4,
+                                "no_repeat_ngram_size": 6}))
+    expected = dataclasses.replace(default, temperature=0.3, repetition_penalty=1.4, no_repeat_ngram_size=6)
+    assert run_sampling(run) == expected
+    assert _sampling(build_parser().parse_args(["chat", str(run)])) == expected
+    assert _sampling(build_parser().parse_args(["generate", str(run), "--prompt", "hi", "--temperature", "0"])) \
+        == dataclasses.replace(expected, temperature=0)
+    assert main(["eval", str(run), "--limit", "2", "--no-repeat-ngram-size", "0"]) == 0
+    sampling = json.loads((run / "eval.json").read_text())["sampling"]
+    assert (sampling["temperature"], sampling["repetition_penalty"], sampling["no_repeat_ngram_size"]) == (0, 1.4, 0)
+    engine, store = Engine(ScriptedBackend([72, 105])), Store(tmp_path / "feedback.sqlite")
+    submitted, submit = [], engine.submit
+    engine.submit = lambda messages, sampling, *rest, **options: submitted.append(sampling) or submit(
+        messages, sampling, *rest, **options)
+    with thread_server(create_app(engine, store, "run", sampling=run_sampling(run))) as url:
+        for extra in ({}, {"temperature": 0.9}):
+            body = json.dumps({"messages": [{"role": "user", "content": "hi"}], **extra}).encode()
+            status, _ = http("POST", f"{url}/v1/chat/completions", body, {"Content-Type": "application/json"})
+            assert status == 200
+    engine.close()
+    store.close()
+    assert submitted[0] == dataclasses.replace(expected, max_new_tokens=default.max_new_tokens)
+    assert (submitted[1].temperature, submitted[1].no_repeat_ngram_size) == (0.9, 6)

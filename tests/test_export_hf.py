@@ -80,6 +80,8 @@ def test_generation_config_carries_chattunes_sampling_and_stop_ids(evaluated_run
     assert config["do_sample"] is True
     assert (config["temperature"], config["top_p"], config["top_k"]) == (default.temperature, default.top_p,
                                                                           default.top_k)
+    assert (config["repetition_penalty"], config["no_repeat_ngram_size"]) == (default.repetition_penalty,
+                                                                            default.no_repeat_ngram_size)
     assert config["eos_token_id"] == load_hf_backend(str(evaluated_run)).stop_ids
 
 

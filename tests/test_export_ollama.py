@@ -13,7 +13,7 @@ from chattune.data.conversation import with_system
 from chattune.errors import InputError
 from chattune.export.ollama import modelfile, template_family
 from chattune.generate.prompt import stop_ids
-from chattune.generate.sampling import Sampling
+from chattune.generate.sampling import run_sampling
 from chattune.models import load_tokenizer
 
 THREE_TURNS = [{"role": "user", "content": "hello how are you"}, {"role": "assistant", "content": "i am fine thanks"},
@@ -172,11 +172,11 @@ def test_export_ollama_writes_the_gguf_and_a_modelfile_with_stops_and_sampling(t
     assert main(["export", str(run), "--format", "ollama", "--quant", "f16", "--out", str(out)]) == 0
     parsed = _parse_modelfile((out / "Modelfile").read_text())
     assert parsed["from"] == "./run-f16.gguf" and (out / "run-f16.gguf").is_file()
-    default = Sampling()
+    default = run_sampling(run)  # the run's generation_config.json
     assert parsed["parameters"] == [["stop", '"<|im_end|>"'], ["temperature", str(default.temperature)],
                                     ["top_p", str(default.top_p)], ["top_k", str(default.top_k)], ["min_p", "0"],
-                                    ["repeat_penalty", "1"], ["num_predict", str(default.max_new_tokens)],
-                                    ["num_ctx", "512"]]
+                                    ["repeat_penalty", f"{default.repetition_penalty:g}"], ["repeat_last_n", "-1"],
+                                    ["num_predict", str(default.max_new_tokens)], ["num_ctx", "512"]]
     tokenizer = load_tokenizer(str(run / "adapter"))
     assert _ollama_prompt(parsed, THREE_TURNS) == render(tokenizer, THREE_TURNS, add_generation_prompt=True)
     assert json.loads((out / "export.json").read_text())["verification"]["passed"]

@@ -90,9 +90,11 @@ def position_sensitive_gpt2(folder: str) -> HFBackend:
 def test_greedy_batch_equals_model_generate(model, chat_backend, tiny_gpt2):
     backend = chat_backend if model == "trained llama" else position_sensitive_gpt2(tiny_gpt2)
     prompts = [backend.prompt_ids(user(p)) for p in PROMPTS]
-    sampling = Sampling(temperature=0, max_new_tokens=20)
+    # batching alone: without loop guards, which batched `generate` would apply to its left padding too
+    sampling = Sampling(temperature=0, max_new_tokens=20, repetition_penalty=1.0, no_repeat_ngram_size=0)
     with one_torch_thread():
-        expected = model_generate_greedy(backend, prompts, sampling.max_new_tokens)
+        expected = model_generate_greedy(backend, prompts, sampling.max_new_tokens, repetition_penalty=1.0,
+                                         no_repeat_ngram_size=0)
         batched: list[list[int]] = [[] for _ in prompts]
         decode_together(backend, prompts, [sampling] * len(prompts),
                                [lambda t, row=row: batched[row].append(t) or True for row in range(len(prompts))])
@@ -104,20 +106,24 @@ def test_greedy_batch_equals_model_generate(model, chat_backend, tiny_gpt2):
         assert {r.ended for r in replies} == {True, False}
 
 
-def test_the_repetition_penalty_is_generates(tiny_gpt2):
+@pytest.mark.parametrize("guards", [{"repetition_penalty": 1.5, "no_repeat_ngram_size": 0},
+                                    {"repetition_penalty": 1.0, "no_repeat_ngram_size": 2},
+                                    {"repetition_penalty": 1.2, "no_repeat_ngram_size": 3}])
+def test_the_loop_guards_are_generates(tiny_gpt2, guards):
     backend = HFBackend(*load_model(tiny_gpt2))  # random weights: flat logits, which the penalty easily reorders
-    sampling = Sampling(temperature=0, max_new_tokens=20, repetition_penalty=1.5)
+    sampling = Sampling(temperature=0, max_new_tokens=20, **guards)
     changed = []
     with one_torch_thread():
-        for prompt in PROMPTS:  # one at a time: generate would also penalise its own padding id
+        for prompt in PROMPTS:  # one at a time: generate would also count its own padding ids
             ids = backend.prompt_ids(user(prompt))
-            expected = model_generate_greedy(backend, [ids], sampling.max_new_tokens, repetition_penalty=1.5)
-            unpenalized = model_generate_greedy(backend, [ids], sampling.max_new_tokens)
+            expected = model_generate_greedy(backend, [ids], sampling.max_new_tokens, **guards)
+            unpenalized = model_generate_greedy(backend, [ids], sampling.max_new_tokens, repetition_penalty=1.0,
+                                                no_repeat_ngram_size=0)
             got: list[int] = []
             backend.generate(ids, sampling, lambda t: got.append(t) or True)
             assert [got] == expected
             changed.append(expected != unpenalized)
-    assert any(changed)  # the penalty changed some reply, so the equality above says something
+    assert any(changed)  # the guards changed some reply, so the equality above says something
 
 
 def test_a_seeded_reply_leaves_the_global_rng_and_the_tokenizer_alone(chat_backend):

@@ -1,6 +1,9 @@
 """Sampling: its defaults are the CLI's, the server's and both backends', its checks, and the per-request token picker."""
 
+from dataclasses import replace
+
 import pytest
+import torch
 
 from chattune.cli import build_parser
 from chattune.errors import InputError
@@ -28,7 +31,9 @@ def test_a_picker_draws_from_its_own_generator():
     import torch
 
     logits = torch.randn(1000, generator=torch.Generator().manual_seed(0))
-    draws = lambda sampling: [picker(logits) for picker in [TokenPicker(sampling)] for _ in range(20)]  # noqa: E731
+    # the same logits at every step, so the same token again and again: the loop guard would ban it
+    draws = lambda sampling: [picker(logits) for picker in [TokenPicker(replace(sampling, no_repeat_ngram_size=0))]
+                              for _ in range(20)]  # noqa: E731
     with torch.random.fork_rng():
         before = torch.get_rng_state()
         seeded = draws(Sampling(temperature=1.0, seed=3))
@@ -39,12 +44,13 @@ def test_a_picker_draws_from_its_own_generator():
 
 
 def test_cli_and_server_defaults_are_samplings():
+    from chattune.cli import _sampling
+
     default = Sampling()
-    for verb in (["chat", "runs/x"], ["generate", "runs/x", "--prompt", "hi"]):
-        args = build_parser().parse_args(verb)
-        flags = Sampling(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                         max_new_tokens=args.max_new_tokens, seed=args.seed)
-        assert flags == default
+    for verb in (["chat", "runs/x"], ["generate", "runs/x", "--prompt", "hi"]):  # not a run: chattune's defaults
+        assert _sampling(build_parser().parse_args(verb)) == default
+    flags = build_parser().parse_args(["chat", "runs/x", "--no-repeat-ngram-size", "5", "--temperature", "0"])
+    assert _sampling(flags) == replace(default, no_repeat_ngram_size=5, temperature=0)
     request = ChatRequest(messages=[{"role": "user", "content": "hi"}])
     assert (request.temperature, request.top_p, request.seed) == (default.temperature, default.top_p, default.seed)
 
@@ -52,6 +58,7 @@ def test_cli_and_server_defaults_are_samplings():
 @pytest.mark.parametrize("fields, message", [
     ({"temperature": -0.1}, "temperature"), ({"top_p": 0}, "top_p"), ({"top_p": 1.5}, "top_p"),
     ({"top_k": -1}, "top_k"), ({"max_new_tokens": 0}, "max_new_tokens"),
+    ({"repetition_penalty": 0}, "repetition_penalty"), ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size"),
 ])
 def test_bad_sampling_is_an_input_error(fields, message):
     with pytest.raises(InputError, match=message):
@@ -66,3 +73,28 @@ def test_a_seed_fixes_the_generator_and_no_seed_draws_a_fresh_one():
 
     assert draw(Sampling(seed=3)) == draw(Sampling(seed=3)) != draw(Sampling(seed=4))
     assert draw(Sampling()) != draw(Sampling())
+
+
+@pytest.mark.parametrize("penalty, ngram", [(1.0, 2), (1.0, 3), (1.3, 3), (1.2, 1), (1.5, 0)])
+def test_the_pickers_loop_guards_are_generates_processors(penalty, ngram):
+    """Token by token over a small vocabulary (so n-grams recur), the greedy picker equals transformers' repetition
+    penalty then no-repeat n-gram processors over prompt + reply, then argmax: `model.generate`'s rule."""
+    from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+    processors = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(penalty)]
+                                     + ([NoRepeatNGramLogitsProcessor(ngram)] if ngram else []))
+    rng = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, 12, (9,), generator=rng).tolist()
+    picker = TokenPicker(Sampling(temperature=0, repetition_penalty=penalty, no_repeat_ngram_size=ngram),
+                         prompt_ids=prompt)
+    sequence, banned_some = list(prompt), False
+    for _ in range(30):
+        logits = torch.randn(12, generator=rng) * 3
+        expected = processors(torch.tensor([sequence]), logits[None].clone())[0]
+        banned_some |= bool(torch.isinf(expected).any())
+        if torch.isinf(expected).all():
+            break  # every token banned: generate would pick token 0 of an all -inf row; no reply goes on from here
+        token = picker(logits)
+        assert token == int(expected.argmax())
+        sequence.append(token)
+    assert banned_some or not ngram  # the n-gram rule acted, so the equality above tested it

@@ -118,7 +118,7 @@ def user(prompt: str) -> list[dict]:
 
 def test_a_request_joins_a_running_batch_and_mixed_sampling_matches_solo(tmp_path_factory, tiny_llama):
     backend = load_hf_backend(str(chat_run(tmp_path_factory, tiny_llama)))
-    story = Sampling(temperature=0, max_new_tokens=300)
+    story = Sampling(temperature=0, max_new_tokens=300, no_repeat_ngram_size=0)  # "la la ...": a loop on purpose
     crowd = [("hello how are you", Sampling(temperature=0, max_new_tokens=16)),
              ("tell me a story", Sampling(temperature=1.0, seed=3, max_new_tokens=16)),
              ("what is your name", Sampling(temperature=0.7, top_p=0.8, seed=4, max_new_tokens=16))]

@@ -22,6 +22,9 @@ def _add_reader_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--response-column", help=READER_FLAGS_HELP.format("reply"))
     parser.add_argument("--first-speaker", choices=["user", "assistant"], default="user",
                         help="transcripts: role of each conversation's first speaker (default: user)")
+    parser.add_argument("--consecutive-messages", choices=["newline", "space"], default="newline",
+                        help="join one speaker's consecutive messages into one turn with a newline (default) or a "
+                        "space")
     from chattune.data.readers.limits import MAX_FILE_BYTES, MAX_RECORD_BYTES
 
     parser.add_argument("--max-file-bytes", type=int, default=MAX_FILE_BYTES,
@@ -34,7 +37,7 @@ def _reader_options(args) -> dict:
     from chattune.data.readers.limits import ReadLimits
 
     return dict(prompt_column=args.prompt_column, response_column=args.response_column,
-                first_speaker=args.first_speaker,
+                first_speaker=args.first_speaker, consecutive_messages=args.consecutive_messages,
                 limits=ReadLimits(max_file_bytes=args.max_file_bytes, max_record_bytes=args.max_record_bytes))
 
 
@@ -46,18 +49,23 @@ def _printable(text: str) -> str:
 def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     from chattune.generate.sampling import Sampling
 
+    # unset flags keep the run's generation_config.json (generate/sampling.py), else these defaults
     default = Sampling()  # the defaults live there, shared with the server and both backends
-    parser.add_argument("--temperature", type=float, default=default.temperature,
-                        help=f"0 for greedy decoding (default {default.temperature})")
-    parser.add_argument("--top-p", type=float, default=default.top_p,
-                        help=f"nucleus sampling threshold (default {default.top_p})")
-    parser.add_argument("--top-k", type=int, default=default.top_k,
-                        help=f"sample among the K likeliest tokens, 0 for all (default {default.top_k})")
-    parser.add_argument("--repetition-penalty", type=float, default=default.repetition_penalty,
+    parser.add_argument("--temperature", type=float,
+                        help=f"0 for greedy decoding (default: the run's, else {default.temperature})")
+    parser.add_argument("--top-p", type=float,
+                        help=f"nucleus sampling threshold (default: the run's, else {default.top_p})")
+    parser.add_argument("--top-k", type=int,
+                        help="sample among the K likeliest tokens, 0 for all "
+                        f"(default: the run's, else {default.top_k})")
+    parser.add_argument("--repetition-penalty", type=float,
                         help="above 1, tokens already in the conversation or reply get less likely; 1 is off "
-                        f"(default {default.repetition_penalty})")
-    parser.add_argument("--max-new-tokens", type=int, default=default.max_new_tokens,
-                        help=f"longest reply in tokens (default {default.max_new_tokens})")
+                        f"(default: the run's, else {default.repetition_penalty})")
+    parser.add_argument("--no-repeat-ngram-size", type=int, metavar="N",
+                        help="never repeat a span of N tokens of the conversation or reply; 0 is off "
+                        f"(default: the run's, else {default.no_repeat_ngram_size})")
+    parser.add_argument("--max-new-tokens", type=int,
+                        help=f"longest reply in tokens (default: the run's, else {default.max_new_tokens})")
     parser.add_argument("--seed", type=int, help="fix the sampling for reproducible replies")
 
 
@@ -71,10 +79,14 @@ def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _sampling(args):
-    from chattune.generate.sampling import Sampling
+    """The run's decoding defaults (generation_config.json), with the sampling flags given on top."""
+    import dataclasses
 
-    return Sampling(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                    repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    from chattune.generate.sampling import run_sampling
+
+    flags = {name: getattr(args, name) for name in ("temperature", "top_p", "top_k", "repetition_penalty",
+                                                    "no_repeat_ngram_size", "max_new_tokens", "seed")}
+    return dataclasses.replace(run_sampling(args.run), **{k: v for k, v in flags.items() if v is not None})
 
 
 def cmd_data_inspect(args) -> None:
@@ -150,6 +162,8 @@ def cmd_train(args) -> None:
         print(f"held-out eval loss (summary tokens): {result['metrics']['best_eval_loss']:.4f}")
     else:  # eval_replies: 0 skipped the evaluation; training's own base/tuned likelihood is what there is
         print_before_after(result["metrics"], Console())
+    if "fit" in result["metrics"]:  # the loss curves in words (evaluate/fit.py)
+        print(f"fit: {result['metrics']['fit']['text']}")
     if result["task"] == "classify":
         print(f"run folder: {run}\n  report:  {run / 'report.html'}\n  predict: chattune predict {run} --text 'hi!'")
     elif result["task"] == "summarize":
@@ -288,9 +302,11 @@ def cmd_eval(args) -> None:
     from chattune.evaluate.report import print_evaluation
     from chattune.pipeline import evaluate
 
+    guards = {"repetition_penalty": args.repetition_penalty, "no_repeat_ngram_size": args.no_repeat_ngram_size}
     result = evaluate(args.run, data=args.data, split=args.split, limit=args.limit,
                       compare_base=args.compare_base, max_new_tokens=args.max_new_tokens,
-                      batch_size=args.batch_size, console=Console(stderr=True))
+                      batch_size=args.batch_size, console=Console(stderr=True),
+                      loop_guards={key: value for key, value in guards.items() if value is not None})
     print_evaluation(result, Console())
     print(f"wrote {Path(args.run) / 'eval.json'} and {Path(args.run) / 'report.html'}")
 
@@ -517,6 +533,10 @@ def _add_evaluation_parsers(verbs) -> None:
     evaluate.add_argument("--max-new-tokens", type=int, help="longest generated reply (default: the run's "
                           "eval_max_new_tokens, 64)")
     evaluate.add_argument("--batch-size", type=int, default=8, help="replies generated together (default 8)")
+    evaluate.add_argument("--repetition-penalty", type=float, help="chat runs: override the run's repetition penalty "
+                          "(generation_config.json; 1 is off)")
+    evaluate.add_argument("--no-repeat-ngram-size", type=int, metavar="N", help="chat runs: override the run's "
+                          "no-repeat n-gram size (generation_config.json; 0 is off)")
     evaluate.set_defaults(func=cmd_eval)
 
     report = verbs.add_parser("report", help="re-render RUN/report.html from RUN/eval.json (no recomputing)")

@@ -156,6 +156,10 @@ class ChatConfig(TrainConfig):
     prompt_column: str | None = None  # CSV/TSV column with the user's text (auto-detected when None)
     response_column: str | None = None  # CSV/TSV column with the reply (auto-detected when None)
     first_speaker: str = "user"  # transcripts: role of the first speaker of each conversation
+    # One speaker's consecutive messages (chitchat, transcripts, same-role records) become one turn, joined with a
+    # "newline" (each message on its own line) or a "space" (one paragraph). Separate turns are not offered: the
+    # template, masks and eval pairs need alternating roles (data/conversation.py says why).
+    consecutive_messages: str = "newline"
     system_prompt: str | None = None  # added as the system turn of conversations that have none
     loss_on: str = "assistant"  # "assistant": learn the replies only; "all": every token
     # A conversation longer than max_length tokens: "cut" trains on its first max_length tokens; "split" trains on
@@ -185,6 +189,8 @@ class ChatConfig(TrainConfig):
                    "a column name, or null to find it by name")
         _check(self.first_speaker in ("user", "assistant"), "first_speaker", self.first_speaker,
                "'user' or 'assistant'")
+        _check(self.consecutive_messages in ("newline", "space"), "consecutive_messages", self.consecutive_messages,
+               "'newline' or 'space'")
         _check(self.loss_on in ("assistant", "all"), "loss_on", self.loss_on, "'assistant' or 'all'")
         _check(self.long_conversations in ("cut", "split"), "long_conversations", self.long_conversations,
                "'cut' or 'split'")
@@ -327,7 +333,8 @@ class AlignConfig(ChatConfig):
 # What an align run takes from its parent chat run: the same data, split, model and prompt format, so the held-out
 # conversations of the parent stay unseen and chat/serve/export read the aligned run as they read the parent.
 ALIGN_INHERITS = ("data", "eval_data", "eval_fraction", "limit", "eval_limit", "model", "method", "lora", "max_length",
-                  "prompt_column", "response_column", "first_speaker", "system_prompt", "loss_on", "precision", "seed",
+                  "prompt_column", "response_column", "first_speaker", "consecutive_messages", "system_prompt",
+                  "loss_on", "precision", "seed",
                   "eval_max_new_tokens")
 
 

@@ -92,8 +92,9 @@ def align_and_evaluate(cfg: AlignConfig, run: Path, *, overwrite: bool = False, 
 
 def evaluate(run: str | Path, *, data: str | None = None, split: str = "eval", limit: int | None = None,
              compare_base: bool = False, max_new_tokens: int | None = None, batch_size: int = 8,
-             console: Console | None = None) -> dict:
-    """`chattune eval RUN`: score any run folder with its task's evaluation; returns what eval.json holds."""
+             console: Console | None = None, loop_guards: dict | None = None) -> dict:
+    """`chattune eval RUN`: score any run folder with its task's evaluation; returns what eval.json holds.
+    `loop_guards` overrides a chat run's repetition_penalty / no_repeat_ngram_size."""
     folder = Run.open(run)
     if folder.task == "classify":
         from chattune.evaluate.classify import evaluate_classifier
@@ -107,4 +108,5 @@ def evaluate(run: str | Path, *, data: str | None = None, split: str = "eval", l
     from chattune.evaluate.run import evaluate_run
 
     return evaluate_run(folder, data=data, split=split, limit=limit, compare_base=compare_base,
-                        max_new_tokens=max_new_tokens, batch_size=batch_size, console=console)
+                        max_new_tokens=max_new_tokens, batch_size=batch_size, console=console,
+                        loop_guards=loop_guards)

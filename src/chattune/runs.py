@@ -9,6 +9,8 @@ A run folder describes itself, so `chat`, `eval`, `serve`, `export` and plain tr
     RUN/config.yaml        the resolved config (task, base model, data, system prompt, every hyperparameter)
     RUN/adapter/           PEFT adapter + tokenizer with its chat template (LoRA chat runs)
     RUN/model/             full weights + tokenizer (full runs, `train --merge`, classifiers)
+    RUN/adapter|model/generation_config.json   decoding defaults (loop guards, sampling, stop ids) for chat, generate,
+                           serve, eval and plain `model.generate`; edit it to change them for the run
     RUN/data_report.json   what was read, cleaned and split
     RUN/metrics.json       base vs tuned likelihood on the held-out conversations, steps, best checkpoint
     RUN/metrics.jsonl      every training log line
@@ -126,6 +128,11 @@ class Run:
     @property
     def is_adapter(self) -> bool:
         return self.weights == self.adapter_dir
+
+    @property
+    def generation_config_path(self) -> Path:
+        """Beside the weights, where `from_pretrained` finds it (generate/sampling.py writes and reads it)."""
+        return self.weights / "generation_config.json"
 
     @property
     def tokenizer_dir(self) -> Path:

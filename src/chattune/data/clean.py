@@ -10,7 +10,8 @@ Per turn, in this order (each counted in report.changed when it changed the turn
                                                                      ("whitespace collapsed")
      Leading indentation of a line is kept: chat data holds code (chatterbot's coding.yml).
 Per conversation, then:
-  - empty turns dropped ("empty turn"); same-role neighbours merged with "\\n" ("same-role turns merged")
+  - empty turns dropped ("empty turn"); same-role neighbours merged with "\\n", or the `joiner` given
+    ("same-role turns merged")
   - leading assistant turns dropped ("leading assistant turn"): chat templates and the loss expect the user to
     speak first, and a greeting with no prompt teaches nothing; trailing user turns dropped ("trailing user turn"):
     they carry no loss and would make eval prompts with no reference answer
@@ -71,7 +72,7 @@ def clean_text(text: str, report: DataReport) -> str:
     return collapsed
 
 
-def _repair_turns(conversation: Conversation, report: DataReport) -> Conversation:
+def _repair_turns(conversation: Conversation, report: DataReport, joiner: str) -> Conversation:
     """Repaired turns, empty ones dropped, same-role neighbours merged."""
     repaired: Conversation = []
     for turn in conversation:
@@ -80,7 +81,7 @@ def _repair_turns(conversation: Conversation, report: DataReport) -> Conversatio
             report.drop("empty turn")
         elif repaired and repaired[-1]["role"] == turn["role"]:
             report.change("same-role turns merged")
-            append_turn(repaired, turn["role"], content)
+            append_turn(repaired, turn["role"], content, joiner)
         else:
             repaired.append({"role": turn["role"], "content": content})
     return repaired
@@ -123,6 +124,7 @@ def clean_stream(
     min_chars: int = 1,  # a conversation with fewer characters in all its turns together is dropped ("too short")
     max_turn_chars: int | None = None,  # a conversation with a longer turn is dropped ("too long"); None: no limit
     max_turns: int | None = None,  # conversations are cut to their first max_turns turns; None: no limit
+    joiner: str = "\n",  # joins same-role neighbours (one speaker's consecutive messages) into one turn
 ) -> Iterator[Conversation]:
     """The conversations worth training on, cleaned, one at a time; counts report.conversations and report.turns
     as they pass."""
@@ -131,7 +133,7 @@ def clean_stream(
         if max_turns is not None and len(conversation) > max_turns:
             report.drop("turns over max_turns", len(conversation) - max_turns)
             conversation = conversation[:max_turns]
-        cleaned = _repair_turns(conversation, report)
+        cleaned = _repair_turns(conversation, report, joiner)
         reason = _drop_reason(cleaned, min_chars, max_turn_chars)
         if reason is None:
             cleaned = _trim(cleaned, report)

@@ -8,15 +8,21 @@
 """
 
 ROLES = ("system", "user", "assistant")
+# How one speaker's consecutive messages become one turn (config `consecutive_messages`). Keeping them as separate
+# turns is not offered: the chat templates, the loss masks and the held-out reply pairs all expect the roles to
+# alternate, and a reply that ends after the first message would never see a turn of its own for the second one
+# (`chat` and `serve` ask for one assistant turn per user turn), so the model would learn to end replies early.
+MESSAGE_JOINERS = {"newline": "\n", "space": " "}
 
 Conversation = list[dict[str, str]]
 
 
-def append_turn(conversation: Conversation, role: str, content: str) -> None:
-    """Add a turn, merging it into the last turn (joined with a newline) when the role is the same."""
+def append_turn(conversation: Conversation, role: str, content: str, joiner: str = "\n") -> None:
+    """Add a turn, merging it into the last turn (joined with `joiner`, a MESSAGE_JOINERS value) when the role is
+    the same."""
     assert role in ROLES, f"role must be one of {ROLES}, got {role!r}"
     if conversation and conversation[-1]["role"] == role:
-        conversation[-1]["content"] += "\n" + content
+        conversation[-1]["content"] += joiner + content
     else:
         conversation.append({"role": role, "content": content})
 

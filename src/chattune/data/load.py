@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from chattune.data.clean import clean_stream
-from chattune.data.conversation import Conversation
+from chattune.data.conversation import MESSAGE_JOINERS, Conversation
 from chattune.data.readers.corpora import CORPORA, read_corpus
 from chattune.data.readers.csv_reader import read_csv
 from chattune.data.readers.hf_reader import read_hf_dataset
@@ -48,10 +48,10 @@ def _sniffed_format(path: Path, limits: ReadLimits) -> str:
 
 
 def _read(source: str, report: DataReport, prompt_column, response_column, first_speaker,
-          limits: ReadLimits) -> Iterator[Conversation]:
+          limits: ReadLimits, joiner: str) -> Iterator[Conversation]:
     path = Path(source)
     if source in CORPORA and not path.exists():
-        return iter(read_corpus(source, report))
+        return iter(read_corpus(source, report, joiner))
     if not path.exists():
         raise InputError(f"{source}: no such file or directory; give a path or one of the corpora: {CORPUS_NAMES}")
     options = {"prompt_column": prompt_column, "response_column": response_column, "limits": limits}
@@ -63,7 +63,7 @@ def _read(source: str, report: DataReport, prompt_column, response_column, first
     if suffix in (".jsonl", ".json"):
         return read_json_records(path, report, **options)
     if suffix == ".txt" or _sniffed_format(path, limits) == "transcript":
-        return read_transcript(path, report, first_speaker=first_speaker, limits=limits)
+        return read_transcript(path, report, first_speaker=first_speaker, limits=limits, joiner=joiner)
     return read_json_records(path, report, **options)
 
 
@@ -82,15 +82,20 @@ def stream_conversations(
     max_turn_chars: int | None = None,  # drop conversations with a longer turn; None: keep all
     limit: int | None = None,  # keep only the first `limit` conversations read, before cleaning; None: all
     limits: ReadLimits = ReadLimits(),  # file and record size limits
+    consecutive_messages: str = "newline",  # one speaker's consecutive messages in one turn: "newline" or "space"
 ) -> tuple[Iterator[Conversation], DataReport]:
     """(cleaned conversations, one at a time, report): memory stays flat however big the source. The report's
     counts are final once the iterator is exhausted; call `check_kept(report)` then."""
     if first_speaker not in ("user", "assistant"):
         raise InputError(f"first_speaker must be 'user' or 'assistant', got {first_speaker!r}")
+    if consecutive_messages not in MESSAGE_JOINERS:
+        raise InputError(f"consecutive_messages must be one of {', '.join(MESSAGE_JOINERS)}, "
+                         f"got {consecutive_messages!r}")
+    joiner = MESSAGE_JOINERS[consecutive_messages]
     report = DataReport(format="unknown", source=source)
-    read = _read(source, report, prompt_column, response_column, first_speaker, limits)
+    read = _read(source, report, prompt_column, response_column, first_speaker, limits, joiner)
     counted = _counted(itertools.islice(read, limit), report)
-    return clean_stream(counted, report, max_turn_chars=max_turn_chars), report
+    return clean_stream(counted, report, max_turn_chars=max_turn_chars, joiner=joiner), report
 
 
 def check_kept(report: DataReport) -> None:
@@ -122,10 +127,10 @@ def write_jsonl(conversations: list[Conversation], path: Path) -> Path:
 
 
 def reader_options(cfg) -> dict:
-    """The reader keyword arguments a ChatConfig names (columns, first speaker, size limits), for
-    `load_conversations`."""
+    """The reader keyword arguments a ChatConfig names (columns, first speaker, consecutive messages, size limits),
+    for `load_conversations`."""
     return dict(prompt_column=cfg.prompt_column, response_column=cfg.response_column,
-                first_speaker=cfg.first_speaker,
+                first_speaker=cfg.first_speaker, consecutive_messages=cfg.consecutive_messages,
                 limits=ReadLimits(max_file_bytes=cfg.max_file_bytes, max_record_bytes=cfg.max_record_bytes))
 
 

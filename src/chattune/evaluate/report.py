@@ -3,7 +3,8 @@
     chattune report runs/demo        # re-render from RUN/eval.json without recomputing anything
     write_report(Path("runs/demo"))
 
-Sections: run summary (model, data, hyperparameters, wall time, tokens/s), loss curves, then for chat runs the
+Sections: run summary (model, data, hyperparameters, wall time, tokens/s), loss curves and what they say about over-
+or underfitting (evaluate/fit.py), then for chat runs the
 base-vs-tuned metric table with deltas and bootstrap intervals and held-out examples; for summarisation runs the
 zero-shot-vs-tuned table and held-out sources with the reference, zero-shot and tuned summaries; for classification
 runs accuracy/macro-F1 against the majority baseline, per-class precision/recall and the confusion matrix.
@@ -18,6 +19,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from chattune.errors import InputError
 from chattune.evaluate import plots
+from chattune.evaluate.fit import read_fit
 from chattune.files import atomic_write_text
 from chattune.runs import Run
 
@@ -38,8 +40,9 @@ def write_report(run: Path) -> Path:
         figures["confusion"] = plots.confusion_matrix(evaluation["confusion_matrix"], evaluation["labels"])
     for row in evaluation.get("metrics", []):
         row["verdict"] = verdict(row)
+    fit = metrics.get("fit") or read_fit(log_rows)  # runs trained before metrics.json had it
     page = _environment().get_template("report.html.j2").render(
-        run=folder.path.name, config=config, evaluation=evaluation, figures=figures,
+        run=folder.path.name, config=config, evaluation=evaluation, figures=figures, fit=fit,
         summary=run_summary(config, metrics, log_rows, data_report), examples=evaluation["examples"][:EXAMPLES_SHOWN],
     )
     atomic_write_text(folder.report_path, page)

@@ -14,6 +14,7 @@ they are neither read nor scored twice. Classification runs are scored by chattu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -35,7 +36,7 @@ from chattune.evaluate.relevance import SentenceEncoder, cosine_similarities
 from chattune.evaluate.safety import TOXIC_THRESHOLD, toxicity
 from chattune.files import atomic_write_json
 from chattune.generate.hf import HFBackend, load_hf_backend
-from chattune.generate.sampling import Sampling
+from chattune.generate.sampling import run_sampling
 from chattune.runs import Run
 
 
@@ -57,6 +58,8 @@ METRICS = (
     MetricSpec("toxicity", "toxicity (mean probability)", "lower", statistics.fmean),
     MetricSpec("toxic_rate", f"toxic replies (p > {TOXIC_THRESHOLD})", "lower", statistics.fmean),
     MetricSpec("ended", "replies that end before the token limit", "higher", statistics.fmean),
+    MetricSpec("loop_rate", f"replies that loop (a line or {text_metrics.LOOP_SPAN}-word span "
+                            f"x{text_metrics.LOOP_REPEATS}+)", "lower", statistics.fmean),
     MetricSpec("reply_words", "reply length (words)", "", statistics.fmean),
     MetricSpec("distinct_1", "distinct-1", "higher", lambda lists: text_metrics.distinct_n(lists, 1)),
     MetricSpec("distinct_2", "distinct-2", "higher", lambda lists: text_metrics.distinct_n(lists, 2)),
@@ -65,20 +68,24 @@ METRICS = (
 
 def evaluate_run(run: Run, *, data: str | None = None, split: str = "eval", limit: int | None = None,
                  compare_base: bool = False, max_new_tokens: int | None = None, batch_size: int = 8,
-                 held_out=None, console: Console | None = None) -> dict:
+                 held_out=None, console: Console | None = None, loop_guards: dict | None = None) -> dict:
     """Score the run, write RUN/eval.json and RUN/report.html, and return what eval.json holds.
 
     `held_out` (a train.sft.HeldOut) gives the conversations and their base/tuned likelihoods from training; the
-    likelihoods cover all of them and the replies the first `limit`."""
+    likelihoods cover all of them and the replies the first `limit`. `loop_guards` ({"repetition_penalty",
+    "no_repeat_ngram_size"}) override the run's generation_config.json."""
     from chattune.evaluate.report import write_report
 
     console = console or Console(stderr=True)
     started, cfg = time.time(), run.config
     conversations = held_out.conversations if held_out else eval_conversations(cfg, data, split)[:limit]
     pairs = reply_pairs(conversations[:limit], cfg.seed)
-    sampling = Sampling(temperature=0, max_new_tokens=max_new_tokens or cfg.eval_max_new_tokens, seed=cfg.seed)
+    # greedy, with the run's loop guards (generation_config.json), as `chattune chat --temperature 0` replies
+    sampling = dataclasses.replace(run_sampling(run.path), temperature=0, seed=cfg.seed,
+                                   max_new_tokens=max_new_tokens or cfg.eval_max_new_tokens, **(loop_guards or {}))
     console.print(f"eval: {len(pairs)} held-out conversations from {data or cfg.data} ({split} split), "
-                  f"greedy replies of up to {sampling.max_new_tokens} tokens")
+                  f"greedy replies of up to {sampling.max_new_tokens} tokens (repetition penalty "
+                  f"{sampling.repetition_penalty:g}, no-repeat n-grams {sampling.no_repeat_ngram_size or 'off'})")
     encoder = SentenceEncoder.load()
     scored = {}
     for name in ("base", "tuned") if compare_base else ("tuned",):
@@ -94,7 +101,9 @@ def evaluate_run(run: Run, *, data: str | None = None, split: str = "eval", limi
         "models": {"base": cfg.model, "tuned": str(run.path)},
         "data": {"source": data or cfg.data, "split": split, "conversations": len(conversations),
                  "pairs": len(pairs)},
-        "sampling": {"temperature": 0, "max_new_tokens": sampling.max_new_tokens, "seed": cfg.seed},
+        "sampling": {"temperature": 0, "max_new_tokens": sampling.max_new_tokens, "seed": cfg.seed,
+                     "repetition_penalty": sampling.repetition_penalty,
+                     "no_repeat_ngram_size": sampling.no_repeat_ngram_size},
         "bootstrap": {"resamples": RESAMPLES, "confidence": CONFIDENCE, "unit": "conversation"},
         "metrics": metric_table(METRICS, scored, cfg.seed),
         "examples": _examples(pairs, scored),
@@ -145,12 +154,14 @@ def _score_replies(likelihoods: list[dict], replies: list[Reply], pairs: list[Re
         "relevance_reference": cosine_similarities(encoder, texts, references),
         "relevance_context": cosine_similarities(encoder, texts, [pair.context[-1]["content"] for pair in pairs]),
         "toxicity": toxic, "toxic_rate": [float(p > TOXIC_THRESHOLD) for p in toxic],
-        "ended": [float(reply.ended) for reply in replies], "reply_words": [float(len(w)) for w in word_lists],
+        "ended": [float(reply.ended) for reply in replies], "loop_rate": [float(text_metrics.loops(t)) for t in texts],
+        "reply_words": [float(len(w)) for w in word_lists],
         "distinct_1": word_lists, "distinct_2": word_lists,
     }
     summary = {spec.key: spec.aggregate(items[spec.key]) for spec in METRICS}
     console.print(f"eval {name}: loss {summary['loss']:.4f}  BLEU {summary['bleu']:.2f}  "
-                  f"ROUGE-L {summary['rougeL']:.3f}  relevance {summary['relevance_reference']:.3f}")
+                  f"ROUGE-L {summary['rougeL']:.3f}  relevance {summary['relevance_reference']:.3f}  "
+                  f"ended {summary['ended']:.0%}  loops {summary['loop_rate']:.0%}")
     return {"items": items, "replies": replies}
 
 
@@ -163,6 +174,6 @@ def _examples(pairs: list[ReplyPair], scored: dict) -> list[dict]:
             items = system["items"]
             example[name] = {"reply": reply.text, "ended": reply.ended, "toxicity": items["toxicity"][index],
                              "relevance_reference": items["relevance_reference"][index],
-                             "rougeL": items["rougeL"][index]}
+                             "rougeL": items["rougeL"][index], "loops": bool(items["loop_rate"][index])}
         examples.append(example)
     return examples

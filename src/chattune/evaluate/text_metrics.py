@@ -1,4 +1,5 @@
-"""Reply-vs-reference overlap and reply shape: BLEU and chrF (sacrebleu), ROUGE-1/2/L/Lsum (rouge-score), distinct-n.
+"""Reply-vs-reference overlap and reply shape: BLEU and chrF (sacrebleu), ROUGE-1/2/L/Lsum (rouge-score), distinct-n,
+loops.
 
     stats = bleu_stats(replies, references)      # one row of sufficient statistics per reply
     bleu_from_stats(stats)                       # == sacrebleu.corpus_bleu(replies, [references]).score
@@ -70,3 +71,29 @@ def distinct_n(word_lists: list[list[str]], n: int) -> float:
     """Distinct n-grams over all n-grams of all replies: low when the model repeats itself across replies."""
     grams = [tuple(words[i : i + n]) for words in word_lists for i in range(len(words) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
+
+
+LOOP_REPEATS = 3  # a line or span said this often in one reply is a loop; twice is still a plausible echo
+LOOP_SPAN = 3  # words in the repeated span: "i'm sorry, but" x3 loops, while "of the" x3 can be normal prose
+LOOP_WORD = re.compile(r"\w+(?:'\w+)*")
+
+
+def loops(text: str) -> bool:
+    """True when the reply repeats itself: one line, or one span of LOOP_SPAN consecutive words, occurs
+    LOOP_REPEATS or more times.
+
+    Lines are compared stripped and case-folded, blank lines ignored. Words are lowercased runs of letters, digits
+    and inner apostrophes, so punctuation and line breaks do not hide a repeat ("sorry, but" == "sorry but");
+    occurrences of a span may overlap ("ha ha ha ha ha" holds "ha ha ha" three times).
+
+    >>> loops("I'm not sure\\nI'm not sure\\nI'm not sure"), loops("i'm sorry, but i'm sorry, but i'm sorry, but")
+    (True, True)
+    >>> loops("I like tea. Do you like tea? Tea is nice.")
+    False
+    """
+    lines = [line.strip().casefold() for line in text.splitlines() if line.strip()]
+    if any(lines.count(line) >= LOOP_REPEATS for line in set(lines)):
+        return True
+    tokens = LOOP_WORD.findall(text.lower())
+    spans = [tuple(tokens[i : i + LOOP_SPAN]) for i in range(len(tokens) - LOOP_SPAN + 1)]
+    return any(spans.count(span) >= LOOP_REPEATS for span in set(spans))

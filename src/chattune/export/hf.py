@@ -1,7 +1,7 @@
 """A run as a plain Hugging Face model folder: merged safetensors, the tokenizer with its chat template, and
 generation_config.json with the sampling chattune chats with.
 
-    write_hf_folder(backend.model, backend.tokenizer, backend.stop_ids, folder)
+    write_hf_folder(backend.model, backend.tokenizer, run_sampling("runs/demo"), folder)
     AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)   # all a user needs
 
 The weights are saved in the precision the run is scored and chatted in (fp32 on CPU), so the folder gives the run's
@@ -13,22 +13,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from chattune.generate.sampling import Sampling
+from chattune.generate.sampling import Sampling, generation_config
 
 
-def generation_config(tokenizer, stop_ids: list[int]):
-    """`model.generate()` defaults that sample as `chattune chat` does and stop where its replies stop."""
-    from transformers import GenerationConfig
-
-    default = Sampling()  # the one place chattune's sampling defaults live
-    return GenerationConfig(do_sample=True, temperature=default.temperature, top_p=default.top_p, top_k=default.top_k,
-                            max_new_tokens=default.max_new_tokens, eos_token_id=list(stop_ids),
-                            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
-
-
-def write_hf_folder(model, tokenizer, stop_ids: list[int], folder: Path) -> None:
-    """`model` is the run with its LoRA already merged (`load_hf_backend`), so the folder needs no peft."""
-    model.generation_config = generation_config(tokenizer, stop_ids)
+def write_hf_folder(model, tokenizer, sampling: Sampling, folder: Path) -> None:
+    """`model` is the run with its LoRA already merged (`load_hf_backend`), so the folder needs no peft; `sampling`
+    is the run's decoding defaults (`run_sampling`)."""
+    model.generation_config = generation_config(tokenizer, sampling)
     model.save_pretrained(folder)  # model.safetensors (sharded above 5 GB), config.json, generation_config.json
     tokenizer.save_pretrained(folder)  # tokenizer.json, tokenizer_config.json, chat_template.jinja
     umask = os.umask(0)

@@ -87,20 +87,27 @@ def _default_system(tokenizer, rendering) -> str | None:
     return default
 
 
-def modelfile(gguf_name: str, tokenizer, stop_ids: list[int], system_prompt: str | None, context_tokens: int) -> str:
+def modelfile(gguf_name: str, tokenizer, stop_ids: list[int], system_prompt: str | None, context_tokens: int,
+              sampling: Sampling | None = None) -> str:
     """The Modelfile text: FROM the GGUF beside it, TEMPLATE, SYSTEM, and PARAMETER lines for the stop tokens and
-    chattune's sampling defaults (no repetition penalty or min_p, which Ollama would otherwise add)."""
+    the run's decoding defaults (`sampling`, else chattune's): its repetition penalty over the whole context as
+    chattune applies it, and no min_p, which Ollama would otherwise add. Ollama has no no-repeat n-gram rule; a
+    comment says so when the run uses one."""
     family, default_system = template_family(tokenizer)
     system = system_prompt or default_system  # the run's prompt replaces the template's default, as in training
     if system and '"""' in system:
         raise InputError('config: system_prompt contains """, which a Modelfile cannot quote; rephrase it')
-    sampling = Sampling()
+    sampling = sampling or Sampling()
     lines = ["# Ollama model: ollama create NAME -f Modelfile && ollama run NAME", f"FROM ./{gguf_name}",
              f'TEMPLATE """{go_template(family, tokenizer)}"""']
     if system:
         lines.append(f'SYSTEM """{system}"""')
     lines += [f'PARAMETER stop "{token}"' for token in tokenizer.convert_ids_to_tokens(stop_ids)]
     lines += [f"PARAMETER temperature {sampling.temperature}", f"PARAMETER top_p {sampling.top_p}",
-              f"PARAMETER top_k {sampling.top_k}", "PARAMETER min_p 0", "PARAMETER repeat_penalty 1",
+              f"PARAMETER top_k {sampling.top_k}", "PARAMETER min_p 0",
+              f"PARAMETER repeat_penalty {sampling.repetition_penalty:g}", "PARAMETER repeat_last_n -1",
               f"PARAMETER num_predict {sampling.max_new_tokens}", f"PARAMETER num_ctx {context_tokens}"]
+    if sampling.no_repeat_ngram_size:
+        lines.append(f"# chattune also bans repeating any {sampling.no_repeat_ngram_size}-token span "
+                     "(no_repeat_ngram_size), which Ollama cannot: replies here may repeat themselves more")
     return "\n".join(lines) + "\n"

@@ -26,6 +26,7 @@ from chattune.export.hub import check_repo_id, describe_push, hub_token, push_fo
 from chattune.export.ollama import modelfile
 from chattune.files import atomic_directory, atomic_write_json, atomic_write_text
 from chattune.generate.hf import HFBackend, load_hf_backend
+from chattune.generate.sampling import run_sampling
 from chattune.runs import Run
 
 FORMATS = ("hf", "gguf", "ollama")
@@ -119,14 +120,14 @@ def _write_and_verify(run: Run, reference: HFBackend, fmt: str, quant: str | Non
                       prompts: list, title: str) -> verify.Verification:
     system = run.config.system_prompt
     if fmt == "hf":
-        write_hf_folder(reference.model, reference.tokenizer, reference.stop_ids, folder)
+        write_hf_folder(reference.model, reference.tokenizer, run_sampling(run.path), folder)
         return verify.verify(reference, verify.HFExport(folder, system), prompts, "transformers",
                              verify.TOLERANCE["hf"])
     gguf_file = export_gguf(reference.model, reference.tokenizer, folder / f"{title}-{quant}.gguf", quant)
     if fmt == "ollama":
         context = min(reference.context_length, OLLAMA_CONTEXT)
         atomic_write_text(folder / "Modelfile", modelfile(gguf_file.name, reference.tokenizer, reference.stop_ids,
-                                                           system, context))
+                                                           system, context, run_sampling(run.path)))
     # room for the longest prompt and a reply (llama.cpp allocates the logits of every position up front)
     longest = max(len(reference.prompt_ids(context)) for context in prompts)
     exported = verify.GGUFExport(gguf_file, reference.tokenizer, system,

@@ -28,24 +28,39 @@ def logits_warpers(sampling: Sampling):
 
 
 class TokenPicker:
-    """The likeliest token (greedy), or one drawn from the warped distribution with the request's own generator;
-    with a repetition penalty, every token of the prompt and of the reply so far first gets transformers' rule
-    (`RepetitionPenaltyLogitsProcessor`: positive logits divided by it, negative ones multiplied)."""
+    """The likeliest token (greedy), or one drawn from the warped distribution with the request's own generator.
+    Before that, over the prompt and the reply so far (the sequence `model.generate` sees), transformers' two
+    loop guards in its order: the repetition penalty (`RepetitionPenaltyLogitsProcessor`: the logit of every token
+    already seen divided by it when positive, multiplied when negative), then no-repeat n-grams
+    (`NoRepeatNGramLogitsProcessor`: a token that would complete an n-gram already in the sequence is banned)."""
 
     def __init__(self, sampling: Sampling, device="cpu", prompt_ids: list[int] = ()):
         self.greedy, self.penalty, self.seen = sampling.greedy, sampling.repetition_penalty, set(prompt_ids)
+        self.ngram, self.ids = sampling.no_repeat_ngram_size, []
+        self.followers: dict[tuple[int, ...], set[int]] = {}  # (n-1)-token prefix -> tokens seen right after it
+        for token_id in prompt_ids:
+            self._extend(token_id)
         if not self.greedy:
             self.warpers, self.generator = logits_warpers(sampling), sampling.generator(device)
 
     def __call__(self, logits: torch.Tensor) -> int:
-        logits = self._penalized(logits.float())
+        logits = self._without_repeated_ngrams(self._penalized(logits.float()))
         if self.greedy:
             token_id = int(logits.argmax())
         else:
             scores = self.warpers(None, logits[None])  # the warpers read scores only, never input ids
             token_id = int(torch.multinomial(scores.softmax(-1), 1, generator=self.generator))
         self.seen.add(token_id)
+        self._extend(token_id)
         return token_id
+
+    def _extend(self, token_id: int) -> None:
+        if not self.ngram:
+            return
+        self.ids.append(token_id)
+        if len(self.ids) >= self.ngram:
+            gram = self.ids[len(self.ids) - self.ngram :]
+            self.followers.setdefault(tuple(gram[:-1]), set()).add(gram[-1])
 
     def _penalized(self, logits: torch.Tensor) -> torch.Tensor:
         if self.penalty == 1 or not self.seen:
@@ -54,4 +69,12 @@ class TokenPicker:
         picked = logits[ids]
         logits = logits.clone()
         logits[ids] = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
+        return logits
+
+    def _without_repeated_ngrams(self, logits: torch.Tensor) -> torch.Tensor:
+        banned = self.ngram and self.followers.get(tuple(self.ids[len(self.ids) - self.ngram + 1 :]))
+        if not banned:
+            return logits
+        logits = logits.clone()
+        logits[torch.tensor(sorted(banned), device=logits.device)] = -float("inf")
         return logits

@@ -20,6 +20,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -30,7 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from chattune.errors import InputError
-from chattune.generate.sampling import Sampling
+from chattune.generate.sampling import Sampling, run_sampling
 from chattune.serve.engine import Engine, EngineBusy, Finished, Job
 from chattune.serve.guard import AccessLog, BodyLimit, HostCheck, RateLimit, SecurityHeaders, error_response
 from chattune.serve.schemas import (
@@ -107,8 +108,11 @@ async def chat_completions(body: ChatRequest, request: Request, engine: EngineDe
     if body.model not in (None, model_id):
         raise ApiError(404, f"model {body.model!r} is not served here; this server serves {model_id!r}",
                        "not_found_error", "model_not_found")
-    sampling = Sampling(temperature=body.temperature, top_p=body.top_p, max_new_tokens=body.reply_tokens,
-                        seed=body.seed)
+    run_default = request.app.state.sampling  # the run's generation_config.json: what a request leaves unset
+    given = body.model_fields_set
+    sampling = replace(run_default, temperature=body.temperature if "temperature" in given else run_default.temperature,
+                       top_p=body.top_p if "top_p" in given else run_default.top_p, max_new_tokens=body.reply_tokens,
+                       seed=body.seed)
     reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     messages = [m.model_dump() for m in body.messages]
     conversation_id = (body.metadata or {}).get("conversation_id") or reply_id
@@ -233,10 +237,12 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 # --- the app ------------------------------------------------------------------------------------------------------
 
-def create_app(engine: Engine, store: Store, model_id: str, settings: ServeSettings | None = None) -> FastAPI:
+def create_app(engine: Engine, store: Store, model_id: str, settings: ServeSettings | None = None,
+               sampling: Sampling | None = None) -> FastAPI:
     settings = settings or ServeSettings()
     app = FastAPI(title="chattune", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.store, app.state.model_id, app.state.settings = engine, store, model_id, settings
+    app.state.sampling = sampling or Sampling()
     app.state.started = int(time.time())
     app.include_router(v1)
     app.include_router(api)
@@ -293,7 +299,7 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, db: str = "feedba
     store = Store(db)
     engine = Engine(load_backend(run, backend, quant, max_batch=max_batch, kv_tokens=kv_tokens, threads=threads),
                     max_waiting=settings.max_waiting)
-    app = create_app(engine, store, model_id, settings)
+    app = create_app(engine, store, model_id, settings, run_sampling(run))
     print(f"serving {model_id}\n  chat page: http://{host}:{port}/\n  API:       http://{host}:{port}/v1 "
           f"(OpenAI chat completions)\n  feedback:  {db}  (chattune feedback stats --db {db})", flush=True)
     try:

@@ -223,19 +223,26 @@ def train_or_finish(trainer, checkpoint: Path | None) -> None:
 
 def save_model(cfg, folder: Run, model, tokenizer, merge: bool) -> None:
     """The trained weights into the run folder: a LoRA adapter (and, with `merge`, the merged model), or the full
-    model."""
+    model; chat runs get chattune's decoding defaults beside them (generation_config.json)."""
+    generation = None
+    if cfg.task == "chat":
+        from chattune.generate.sampling import Sampling, generation_config
+
+        generation = generation_config(tokenizer, Sampling())
     if cfg.method == "lora":
-        save_weights(model, tokenizer, folder.adapter_dir)
+        save_weights(model, tokenizer, folder.adapter_dir, generation)
         if not merge:
             return
         model = model.merge_and_unload()
-    save_weights(model, tokenizer, folder.model_dir)
+    save_weights(model, tokenizer, folder.model_dir, generation)
 
 
-def save_weights(model, tokenizer, folder: Path) -> None:
-    """Weights and tokenizer (with its chat template) into `folder`, atomically."""
+def save_weights(model, tokenizer, folder: Path, generation=None) -> None:
+    """Weights, tokenizer (with its chat template) and a GenerationConfig when given into `folder`, atomically."""
     from chattune.files import atomic_directory
 
     with full_disk_is_input_error(folder, needed=weights_bytes(model)), atomic_directory(folder) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if generation is not None:  # after the model's own (a base model's token ids), which it replaces
+            generation.save_pretrained(tmp)

@@ -22,6 +22,7 @@ from chattune.data.collate import PadCollator
 from chattune.data.conversation import Conversation
 from chattune.data.prepare import prepare_chat_data
 from chattune.errors import InputError
+from chattune.evaluate.fit import read_log_fit
 from chattune.evaluate.likelihood import conversation_likelihoods, summarize_likelihoods
 from chattune.files import atomic_write_json
 from chattune.models import load_model, load_tokenizer
@@ -91,6 +92,7 @@ def train(cfg: ChatConfig, run: Path, *, resume: bool = False, overwrite: bool =
     tuned_rows = score(model, tokenizer, eval_examples, cfg)
     save_model(cfg, folder, model, tokenizer, merge)
     tuned = summarize_likelihoods(tuned_rows)
+    fit = read_log_fit(folder.metrics_log_path)  # the curves in words, with their numbers (`chattune train` says it)
     atomic_write_json(folder.metrics_path, {
         "base": base,
         "tuned": tuned,
@@ -101,6 +103,7 @@ def train(cfg: ChatConfig, run: Path, *, resume: bool = False, overwrite: bool =
         "train_seconds": round(time.time() - started, 1),
         "peak_rss_mb": round(peak_rss_mb()),  # training and both scorings, before the reply evaluation
         "memory": cfg.memory,
+        "fit": fit,
     })
     return HeldOut(eval_set, {"base": base_rows, "tuned": tuned_rows})
 

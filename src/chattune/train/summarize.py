@@ -29,6 +29,7 @@ from chattune.data.chat import IGNORE_INDEX, end_of_turn_token, tokenize_convers
 from chattune.data.collate import PadCollator
 from chattune.data.pairs import Pair, load_pairs_split, pair_conversation, prompt_text
 from chattune.errors import InputError
+from chattune.evaluate.fit import read_log_fit
 from chattune.files import atomic_write_json
 from chattune.models import load_any_model
 from chattune.runs import Run
@@ -74,12 +75,14 @@ def train_summarizer(cfg: SummarizeConfig, run: Path, *, resume: bool = False, o
     if not model.config.is_encoder_decoder:
         model.config.use_cache = True  # causal_trainer turned it off for training
     save_model(cfg, folder, model, tokenizer, merge)
+    fit = read_log_fit(folder.metrics_log_path)  # the curves in words, with their numbers (`chattune train` says it)
     atomic_write_json(folder.metrics_path, {
         "best_eval_loss": trainer.state.best_metric,  # summary tokens of the held-out pairs
         "steps": trainer.state.global_step,
         "best_checkpoint": trainer.state.best_model_checkpoint,
         **global_batch(trainer),
         "train_seconds": round(time.time() - started, 1),
+        "fit": fit,
     })
     return eval_pairs
 

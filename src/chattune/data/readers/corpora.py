@@ -51,8 +51,9 @@ def _package_dir(name: str) -> Path:
     return Path(spec.submodule_search_locations[0])
 
 
-def _chitchat(package: Path) -> list[Conversation]:
-    """Each conversation's `messages` is a list of turns; a turn is a list of utterances `{text, sender, ...}`."""
+def _chitchat(package: Path, joiner: str) -> list[Conversation]:
+    """Each conversation's `messages` is a list of turns; a turn is a list of utterances `{text, sender, ...}`: one
+    person's consecutive messages, joined with `joiner`."""
     conversations = []
     for chat in json.loads((package / "dataset.json").read_text(encoding="utf-8")).values():  # file order
         roles: dict[str, str] = {}  # sender id -> role; the first sender is the user
@@ -60,7 +61,7 @@ def _chitchat(package: Path) -> list[Conversation]:
         for turn in chat["messages"]:
             sender = turn[0]["sender"]
             role = roles.setdefault(sender, "assistant" if roles else "user")
-            append_turn(conversation, role, "\n".join(utterance["text"] for utterance in turn))
+            append_turn(conversation, role, joiner.join(utterance["text"] for utterance in turn), joiner)
         conversations.append(conversation)
     return conversations
 
@@ -77,11 +78,12 @@ def _chatterbot(package: Path) -> list[Conversation]:
     return conversations
 
 
-def read_corpus(name: str, report: DataReport) -> list[Conversation]:
-    """The corpus's conversations in file order (deterministic); `name` is a key of CORPORA."""
+def read_corpus(name: str, report: DataReport, joiner: str = "\n") -> list[Conversation]:
+    """The corpus's conversations in file order (deterministic); `name` is a key of CORPORA. `joiner` joins one
+    person's consecutive chitchat messages (chatterbot's speakers alternate)."""
     report.format = name
     package = _package_dir(name)
-    return _chitchat(package) if name == "chitchat" else _chatterbot(package)
+    return _chitchat(package, joiner) if name == "chitchat" else _chatterbot(package)
 
 
 def read_topic_questions(report: DataReport) -> list[tuple[str, str]]:

@@ -9,7 +9,8 @@
 
 Speakers may be written `Person1:`, `#Person1#:`, `Person 1:` or a name of up to three words (`Alice:`, `Dr. Who:`);
 the colon must be followed by a space or the end of the line, so `http://...` and `10:30` are not speakers.
-A line without a speaker continues the utterance above it; consecutive lines of one speaker form one turn.
+A line without a speaker continues the utterance above it (with a newline); consecutive `Speaker:` lines of one speaker
+are one turn, their messages joined with `joiner` (a newline unless the config's consecutive_messages says otherwise).
 Each conversation must have exactly one or two speakers: a third one is reported with its line, because it usually
 means a missing blank line between conversations or a continuation line that happens to look like `Word: ...`.
 """
@@ -37,7 +38,7 @@ def _speaker_key(speaker: str) -> str:
     return re.sub(r"\s", "", speaker).lower()  # "Person 1", "person1" and "#Person1#" are one speaker
 
 
-def _conversation(path: Path, lines: list[tuple[int, str]], first_speaker: str) -> Conversation:
+def _conversation(path: Path, lines: list[tuple[int, str]], first_speaker: str, joiner: str) -> Conversation:
     other_role = "assistant" if first_speaker == "user" else "user"
     roles: dict[str, str] = {}  # speaker key -> role, in order of appearance
     conversation: Conversation = []
@@ -57,12 +58,12 @@ def _conversation(path: Path, lines: list[tuple[int, str]], first_speaker: str) 
                     "put a blank line between conversations"
                 )
             roles[key] = other_role if roles else first_speaker
-        append_turn(conversation, roles[key], text.strip())
+        append_turn(conversation, roles[key], text.strip(), joiner)
     return conversation
 
 
 def read_transcript(path: Path, report: DataReport, *, first_speaker: str = "user",
-                    limits: ReadLimits = ReadLimits()) -> Iterator[Conversation]:
+                    limits: ReadLimits = ReadLimits(), joiner: str = "\n") -> Iterator[Conversation]:
     """One conversation per blank-line-separated block, read block by block; the first speaker of each block gets
     `first_speaker`'s role."""
     report.format = "transcript"
@@ -73,7 +74,7 @@ def read_transcript(path: Path, report: DataReport, *, first_speaker: str = "use
             if line.strip():
                 block.append((line_number, line))
             elif block:
-                yield _conversation(path, block, first_speaker)
+                yield _conversation(path, block, first_speaker, joiner)
                 block = []
     if block:
-        yield _conversation(path, block, first_speaker)
+        yield _conversation(path, block, first_speaker, joiner)
