@@ -78,10 +78,7 @@ def train(cfg: ChatConfig, run: Path, *, resume: bool = False, overwrite: bool =
                                callbacks=callbacks, run_name=run_name)
         batch = global_batch(trainer)
         if main:
-            console.print(f"global batch: {batch['global_batch_size']} conversations or packed rows "
-                          f"({trainer.args.per_device_train_batch_size} per process x "
-                          f"{trainer.args.gradient_accumulation_steps} accumulated x "
-                          f"{batch['world_size']} processes)")
+            console.print(describe_batch(trainer, batch))
         train_or_finish(trainer, checkpoint)
     if not main:
         return None
@@ -106,6 +103,12 @@ def train(cfg: ChatConfig, run: Path, *, resume: bool = False, overwrite: bool =
         "fit": fit,
     })
     return HeldOut(eval_set, {"base": base_rows, "tuned": tuned_rows})
+
+
+def describe_batch(trainer, batch: dict) -> str:
+    return (f"global batch: {batch['global_batch_size']} conversations or packed rows "
+            f"({trainer.args.per_device_train_batch_size} per process x {trainer.args.gradient_accumulation_steps} "
+            f"accumulated x {batch['world_size']} processes)")
 
 
 def score(model, tokenizer, examples: list[dict], cfg: ChatConfig) -> list[dict]:
