@@ -249,7 +249,7 @@ def soak_table(soak: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--backends", nargs="+", default=["hf", "llamacpp"])
+    parser.add_argument("--backends", nargs="*", default=["hf", "llamacpp"], help="none: the soak only")
     parser.add_argument("--quant", default="f16", help="GGUF for llamacpp (default f16: cached once exported)")
     parser.add_argument("--levels", nargs="+", type=int, default=[1, 4, 8, 16])
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
