@@ -107,9 +107,6 @@ def run_chattune(args, method: str, ablation: str = "all tricks") -> dict:
     from chattune.train import sft
     from chattune.train.common import add_lora
 
-    from chattune.train.memory import release_freed_memory
-
-    release_freed_memory()  # as the chattune CLI does at start-up
     change = {**ABLATIONS, **BF16_ABLATION, **PRECISIONS}[ablation]
     if change == "plain-loss":  # the model's own forward and loss: logits for every position
         sft.supports_target_only_loss = lambda model: False

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from chattune.errors import InputError
-from chattune.train.memory import release_freed_memory
 
 READER_FLAGS_HELP = "CSV/TSV column holding the {}; auto-detected (prompt/response, question/answer, ...) when omitted"
 
@@ -634,7 +633,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # `train --nproc` starts the same command again under torchrun
-    release_freed_memory()  # before the first tensor: large freed tensors go back to the OS (train/memory.py)
     if not args.debug:
         _quiet_libraries()
     try:
