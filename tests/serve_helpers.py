@@ -32,7 +32,7 @@ class ScriptedBatch:
     def __init__(self, backend: ScriptedBackend):
         self.backend, self.rows, self.last_row = backend, {}, -1
 
-    def add(self, prompt_ids, sampling) -> int:
+    def add(self, prompt_ids, sampling, top_logprobs=None) -> int:
         self.last_row += 1
         self.rows[self.last_row] = iter(self.backend.script)
         self.backend.added += 1
@@ -40,6 +40,9 @@ class ScriptedBatch:
 
     def remove(self, row: int) -> None:
         del self.rows[row]
+
+    def take_logprobs(self, row: int) -> list:
+        return []
 
     def step(self) -> dict[int, int]:
         self.backend.gate.acquire()

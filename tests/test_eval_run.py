@@ -179,10 +179,10 @@ def test_the_run_carries_its_decoding_defaults_to_transformers_chat_eval_and_ser
     sampling = json.loads((run / "eval.json").read_text())["sampling"]
     assert (sampling["temperature"], sampling["repetition_penalty"], sampling["no_repeat_ngram_size"]) == (0, 1.4, 0)
     engine, store = Engine(ScriptedBackend([72, 105])), Store(tmp_path / "feedback.sqlite")
-    submitted, submit = [], engine.submit
-    engine.submit = lambda messages, sampling, *rest, **options: submitted.append(sampling) or submit(
-        messages, sampling, *rest, **options)
-    with thread_server(create_app(engine, store, "run", sampling=run_sampling(run))) as url:
+    submitted, submit = [], engine.submit_choices
+    engine.submit_choices = lambda messages, samplings, *rest, **options: submitted.append(samplings[0]) or submit(
+        messages, samplings, *rest, **options)
+    with thread_server(create_app(engine, store, "run", defaults=run_sampling(run))) as url:
         for extra in ({}, {"temperature": 0.9}):
             body = json.dumps({"messages": [{"role": "user", "content": "hi"}], **extra}).encode()
             status, _ = http("POST", f"{url}/v1/chat/completions", body, {"Content-Type": "application/json"})

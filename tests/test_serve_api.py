@@ -133,7 +133,9 @@ def test_models_health_and_api_key(server):
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
     ({"max_tokens": MAX_TOKENS_CAP + 1}, "max_tokens"),
     ({"temperature": "hot"}, "temperature"),
-    ({"n": 2}, "n=1"),
+    ({"n": 5}, "n"),
+    ({"logprobs": True, "top_logprobs": 6}, "top_logprobs"),
+    ({"top_logprobs": 2}, "logprobs: true"),
     ({"stream": "yes"}, "stream"),  # loose types are refused, as OpenAI's strict validation does
     ({"temperature": "0.5"}, "temperature"),
     ({"max_tokens": True}, "max_tokens"),
@@ -141,7 +143,7 @@ def test_models_health_and_api_key(server):
     ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"}, "tools"),
     ({"functions": [{"name": "f"}]}, "functions"),
     ({"logit_bias": {"50": 10}}, "logit_bias"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "json_object"}}, "without a grammar"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
 ])
 def test_bad_requests_are_400_naming_the_field(server, change, mentions):
@@ -149,6 +151,62 @@ def test_bad_requests_are_400_naming_the_field(server, change, mentions):
         server.client().chat.completions.create(**{"model": server.model, "messages": HELLO, **change})
     assert error.value.status_code == 400 and mentions in error.value.message
     assert error.value.body["type"] == "invalid_request_error" and "Traceback" not in str(error.value.body)
+
+
+def test_n_choices_decode_together_each_stored(server):
+    client = server.client()
+    greedy = client.chat.completions.create(model=server.model, messages=HELLO, temperature=0, n=2)
+    assert [(c.index, c.message.content) for c in greedy.choices] == [(0, LEARNED["hello how are you"]),
+                                                                      (1, LEARNED["hello how are you"])]
+    one = client.chat.completions.create(model=server.model, messages=HELLO, temperature=0)
+    assert greedy.usage.prompt_tokens == one.usage.prompt_tokens  # the prompt counts once
+    assert greedy.usage.completion_tokens == 2 * one.usage.completion_tokens
+    stored = server.rows("SELECT id, content FROM replies WHERE id IN (?, ?)", greedy.id, f"{greedy.id}-1")
+    assert sorted(row["id"] for row in stored) == [greedy.id, f"{greedy.id}-1"]
+
+    sampled = dict(model=server.model, messages=[{"role": "user", "content": "food"}], temperature=1.5, seed=11,
+                   max_tokens=12, n=3)
+    plain = [c.message.content for c in client.chat.completions.create(**sampled).choices]
+    assert len(set(plain)) > 1  # choice i draws with seed + i: different replies
+    streamed = ["", "", ""]
+    for chunk in client.chat.completions.create(stream=True, **sampled):
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.delta.content or ""
+    assert streamed == plain  # interleaved on the wire, each reproducible
+
+
+def test_logprobs_have_openais_shape_and_greedy_picks_the_top_one(server):
+    client = server.client()
+    request = dict(model=server.model, messages=HELLO, temperature=0, logprobs=True, top_logprobs=3)
+    reply = client.chat.completions.create(**request)
+    entries = reply.choices[0].logprobs.content
+    # every reply token but the end-of-turn token that ended it
+    assert len(entries) == reply.usage.completion_tokens - 1
+    assert "".join(e.token for e in entries).strip() == reply.choices[0].message.content
+    for entry in entries:
+        assert len(entry.top_logprobs) == 3 and entry.logprob <= 0 and entry.bytes == list(entry.token.encode())
+        assert entry.top_logprobs[0].token == entry.token  # greedy: the likeliest token is the one picked
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob)
+        assert [t.logprob for t in entry.top_logprobs] == sorted((t.logprob for t in entry.top_logprobs),
+                                                                 reverse=True)
+    chunks = list(client.chat.completions.create(stream=True, **request))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in entries]
+    bare = client.chat.completions.create(**{**request, "top_logprobs": None})
+    assert bare.choices[0].logprobs.content[0].top_logprobs == []
+    assert client.chat.completions.create(model=server.model, messages=HELLO).choices[0].logprobs is None
+
+
+def test_requests_without_sampling_fields_get_the_servers_defaults(server):
+    from chattune.generate.sampling import Sampling
+
+    status, defaults = http("GET", f"{server.url}/api/defaults", headers={"Authorization": f"Bearer {KEY}"})
+    default = Sampling()
+    assert status == 200 and defaults == {"temperature": default.temperature, "top_p": default.top_p,
+                                          "max_tokens": default.max_new_tokens, "max_tokens_cap": MAX_TOKENS_CAP}
+    reply = server.client().chat.completions.create(model=server.model, messages=STORY)
+    [row] = server.rows("SELECT temperature, top_p, max_tokens FROM replies WHERE id = ?", reply.id)
+    assert tuple(row) == (default.temperature, default.top_p, default.max_new_tokens)
 
 
 def test_unknown_model_404_broken_json_400_oversized_body_413(server):

@@ -194,3 +194,31 @@ def test_sigterm_ends_long_streams_stores_them_and_the_port_is_free_again(live):
     assert http("GET", f"{url}/health")[0] == 200
     restarted.send_signal(signal.SIGINT)
     assert restarted.wait(timeout=30) == 0
+
+
+def test_a_waiting_stream_gets_keep_alives_then_its_reply(tmp_path):
+    import http.client
+
+    from serve_helpers import thread_server
+
+    backend = ScriptedBackend([ord("o"), ord("k"), 0])
+    backend.gate = threading.Semaphore(0)  # no decode step runs until the test lets it
+    engine, store = Engine(backend), Store(tmp_path / "feedback.sqlite")
+    app = create_app(engine, store, "scripted", ServeSettings(keepalive_every=0.2))
+    with thread_server(app) as url:
+        connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=10)
+        connection.request("POST", "/v1/chat/completions", json.dumps({"messages": HELLO, "stream": True}),
+                           {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        lines = [response.readline() for _ in range(4)]  # the role chunk, then silence while the step waits
+        assert lines[0].startswith(b"data: ") and b"keep-alive" not in lines[0]
+        assert lines[2] == b": keep-alive\n"
+        for _ in range(10):
+            backend.gate.release()
+        rest = response.read().decode()
+        connection.close()
+    engine.close()
+    store.close()
+    pieces = [json.loads(line[6:]) for line in rest.splitlines() if line.startswith("data: {")]
+    assert "".join(p["choices"][0]["delta"].get("content", "") for p in pieces if p["choices"]) == "ok"
+    assert rest.rstrip().endswith("data: [DONE]")

@@ -1,4 +1,5 @@
-"""The web chat page in Debian's Chromium (driven by Playwright): streaming, stop, feedback, and safe rendering."""
+"""The web chat page in Debian's Chromium (driven by Playwright): streaming, stop, feedback, regenerate, copy, the
+server's decoding defaults, and safe markdown rendering."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from serve_helpers import LEARNED, chat_run, one_torch_thread, thread_server
 
 from chattune.cli import main
 from chattune.generate.hf import HFBackend, load_hf_backend
+from chattune.generate.sampling import Sampling
 from chattune.serve.engine import Engine
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (`make install` adds it); never a downloaded browser
@@ -19,6 +21,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"
                  "--disable-component-update", "--disable-sync"]
 MODEL_ID = "tiny-chat"
 REPLY = '.message.assistant'
+# the server's decoding defaults, unlike chattune's own (0.7, 128), so the page shows them only if it asks
+DEFAULTS = Sampling(temperature=0.3, max_new_tokens=77)
 
 
 class UnhurriedBackend(HFBackend):
@@ -41,7 +45,7 @@ def site(tmp_path_factory, tiny_llama):
     loaded = load_hf_backend(str(chat_run(tmp_path_factory, tiny_llama)))
     engine = Engine(UnhurriedBackend(loaded.model, loaded.tokenizer))
     store = Store(db)
-    with one_torch_thread(), thread_server(create_app(engine, store, MODEL_ID)) as url:
+    with one_torch_thread(), thread_server(create_app(engine, store, MODEL_ID, defaults=DEFAULTS)) as url:
         yield url, db
     engine.close()
     store.close()
@@ -58,13 +62,19 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser, site):
-    page = browser.new_page(bypass_csp=True)  # Playwright's own waits evaluate strings; CSP: test_serve_guard
+def open_page(browser, url: str):
+    # Playwright's own waits evaluate strings, so it bypasses the page's CSP (checked in test_serve_guard)
+    page = browser.new_page(bypass_csp=True, permissions=["clipboard-read", "clipboard-write"])
     page.set_default_timeout(20_000)
-    page.goto(site[0])
+    page.goto(url)
     page.wait_for_function(f"document.querySelector('#model').textContent === {MODEL_ID!r}")
     page.click("#settings summary")
+    return page
+
+
+@pytest.fixture
+def page(browser, site):
+    page = open_page(browser, site[0])
     page.fill("#temperature", "0")  # greedy: the replies are exactly what the model learned
     yield page
     page.close()
@@ -166,3 +176,86 @@ def test_stop_button_stops_generation_and_new_chat_clears(page, site):
     page.locator(f'{REPLY}[data-state="done"]').wait_for()
     latest = rows(db, "SELECT conversation_id FROM replies ORDER BY created DESC LIMIT 2")
     assert latest[0]["conversation_id"] != latest[1]["conversation_id"]
+
+
+def fake_stream(page, text: str) -> None:
+    """The next reply the page asks for is `text`, streamed in three pieces (no model involved)."""
+    thirds = [text[: len(text) // 3], text[len(text) // 3 : 2 * len(text) // 3], text[2 * len(text) // 3 :]]
+    events = [{"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": MODEL_ID,
+               "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]} for piece in thirds]
+    body = "".join(f"data: {json.dumps(event)}\n\n" for event in events) + "data: [DONE]\n\n"
+    page.route("**/v1/chat/completions",
+               lambda route: route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body))
+
+
+def test_markdown_renders_and_html_in_it_stays_text(page):
+    reply = ("**bold** and `code` and *soft*\n\n- one <img src=x onerror=alert(1)>\n- two\n\n"
+             "```\n<script>alert(2)</script>\n```\n[site](javascript:alert(3)) [docs](https://example.org/a)")
+    fake_stream(page, reply)
+    dialogs = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    send(page, "format something")
+    page.locator(f'{REPLY}[data-state="done"]').wait_for()
+    content = page.locator(f"{REPLY} .content")
+    assert content.locator("strong").text_content() == "bold"
+    assert content.locator("p > code").text_content() == "code" and content.locator("em").text_content() == "soft"
+    assert content.locator("li").all_text_contents() == ["one <img src=x onerror=alert(1)>", "two"]
+    assert content.locator("pre code").text_content() == "<script>alert(2)</script>"
+    assert content.locator("a").count() == 1 and content.locator("a").get_attribute("href") == "https://example.org/a"
+    assert "[site](javascript:alert(3))" in content.text_content()  # not a link: only http(s) addresses are
+    assert page.locator("#messages img, #messages script").count() == 0 and dialogs == []
+
+
+def test_copy_puts_the_replys_markdown_on_the_clipboard(page):
+    reply = "**bold** reply\nsecond line"
+    fake_stream(page, reply)
+    send(page, "say something")
+    page.locator(f'{REPLY}[data-state="done"]').wait_for()
+    page.locator(f"{REPLY} .copy").click()
+    page.locator(f"{REPLY} .copy", has_text="Copied").wait_for()
+    assert page.evaluate("navigator.clipboard.readText()") == reply
+
+
+def test_settings_start_from_the_servers_defaults_and_empty_fields_use_them(browser, site):
+    url, db = site
+    page = open_page(browser, url)
+    assert page.input_value("#temperature") == "0.3" and page.input_value("#max-tokens") == "77"
+    page.fill("#temperature", "")  # emptied: the request leaves it out, the server's default applies
+    send(page, "hello how are you")
+    page.locator(f'{REPLY}[data-state="done"]').wait_for()
+    [row] = rows(db, "SELECT temperature, max_tokens FROM replies ORDER BY created DESC LIMIT 1")
+    assert (row["temperature"], row["max_tokens"]) == (0.3, 77)
+    page.close()
+
+
+def test_regenerate_stores_a_sibling_and_thumbs_on_both_export_a_dpo_pair(page, site, tmp_path):
+    url, db = site
+    page.fill("#temperature", "1.5")  # sampled: the second reply differs from the first
+    page.fill("#max-tokens", "8")
+    send(page, "food")
+    first = page.locator(REPLY).nth(0)
+    page.locator(f'{REPLY}[data-state="done"]').wait_for()
+    first.locator(".regenerate").click()
+    second = page.locator(REPLY).nth(1)
+    page.locator(f'{REPLY}[data-state="done"]').nth(1).wait_for()
+    assert first.get_attribute("data-superseded") == "true" and first.locator(".regenerate").is_disabled()
+    first.locator(".rate-up").click()
+    page.locator(f'{REPLY}[data-rating="1"]').wait_for()
+    second.locator(".rate-down").click()
+    page.locator(f'{REPLY}[data-rating="-1"]').wait_for()
+
+    later, earlier = rows(db, "SELECT messages, content, conversation_id FROM replies ORDER BY created DESC LIMIT 2")
+    assert (earlier["messages"], earlier["conversation_id"]) == (later["messages"], later["conversation_id"])
+    first_text, second_text = earlier["content"], later["content"]  # siblings: the same context, two replies
+    assert first_text != second_text, "sampling at 1.5 gave the same 8 tokens twice"
+    out = tmp_path / "pairs.jsonl"
+    assert main(["feedback", "export", "--format", "dpo", str(out), "--db", str(db)]) == 0
+    pairs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {"prompt": [{"role": "user", "content": "food"}],
+            "chosen": [{"role": "assistant", "content": first_text}],
+            "rejected": [{"role": "assistant", "content": second_text}]} in pairs
+
+    send(page, "hello")  # the conversation goes on from the regenerated reply
+    page.locator(f'{REPLY}[data-state="done"]').nth(2).wait_for()
+    [latest] = rows(db, "SELECT messages FROM replies ORDER BY created DESC LIMIT 1")
+    assert json.loads(latest["messages"])[1] == {"role": "assistant", "content": second_text}

@@ -16,11 +16,14 @@ produce the same token ids; everything about text (incremental decoding, stop st
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from chattune.data.conversation import Conversation
 from chattune.errors import InputError
 from chattune.generate.sampling import Sampling
+
+if TYPE_CHECKING:  # its module imports torch; the CLI reads BACKENDS and must start fast
+    from chattune.generate.logprobs import TokenLogprob
 
 BACKENDS = ("hf", "llamacpp")
 
@@ -28,8 +31,12 @@ BACKENDS = ("hf", "llamacpp")
 class DecodeBatch(Protocol):
     """Requests decoding together; rows join and leave between steps, each with its own sampling."""
 
-    def add(self, prompt_ids: list[int], sampling: Sampling) -> int:
-        """A new row (its id); its prompt is read at the next `step`."""
+    def add(self, prompt_ids: list[int], sampling: Sampling, top_logprobs: int | None = None) -> int:
+        """A new row (its id); its prompt is read at the next `step`. With `top_logprobs` (0..5) the row notes
+        each picked token's log-probability and that many alternatives (`generate.logprobs`)."""
+
+    def take_logprobs(self, row: int) -> list[TokenLogprob]:
+        """The log-probabilities noted for the row's tokens since the last call ([] if it asked for none)."""
 
     def step(self) -> dict[int, int]:
         """One decode step: the next token of every row that has one (a long prompt may take a few steps)."""

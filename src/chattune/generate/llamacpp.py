@@ -29,8 +29,9 @@ import torch
 
 from chattune.data.conversation import Conversation
 from chattune.errors import InputError
-from chattune.generate.together import decode_together
+from chattune.generate.logprobs import NotingPicker, TokenLogprob
 from chattune.generate.pick import TokenPicker
+from chattune.generate.together import decode_together
 from chattune.generate.prompt import ChatPrompt
 from chattune.generate.sampling import Sampling
 from chattune.runs import Run
@@ -81,7 +82,7 @@ def gguf_path(name: str, quant: str) -> Path:
 @dataclass
 class _Sequence:
     seq_id: int  # llama.cpp's sequence id: its cells in the shared KV cache
-    picker: TokenPicker
+    picker: TokenPicker | NotingPicker
     pending: list[int]  # tokens not yet read: the prompt (maybe in chunks), then the last picked token
     position: int = 0  # position of the next token read
 
@@ -96,12 +97,18 @@ class LlamaCppBatch:
         self.sequences: dict[int, _Sequence] = {}
         self.last_row = -1
 
-    def add(self, prompt_ids: list[int], sampling: Sampling) -> int:
+    def add(self, prompt_ids: list[int], sampling: Sampling, top_logprobs: int | None = None) -> int:
         assert prompt_ids and self.free_ids, "an empty prompt, or more rows than max_batch"
         self.last_row += 1
         picker = TokenPicker(sampling, prompt_ids=prompt_ids)
+        if top_logprobs is not None:
+            picker = NotingPicker(picker, top_logprobs)
         self.sequences[self.last_row] = _Sequence(self.free_ids.pop(0), picker, list(prompt_ids))
         return self.last_row
+
+    def take_logprobs(self, row: int) -> list[TokenLogprob]:
+        picker = self.sequences[row].picker
+        return picker.take() if isinstance(picker, NotingPicker) else []
 
     def remove(self, row: int) -> None:
         sequence = self.sequences.pop(row)

@@ -14,12 +14,11 @@ Routes only translate between HTTP and the engine (engine.py) and store (store.p
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -32,27 +31,22 @@ from starlette.exceptions import HTTPException
 
 from chattune.errors import InputError
 from chattune.generate.sampling import Sampling, run_sampling
-from chattune.serve.engine import Engine, EngineBusy, Finished, Job
+from chattune.serve.engine import Engine, EngineBusy, Finished
 from chattune.serve.guard import AccessLog, BodyLimit, HostCheck, RateLimit, SecurityHeaders, error_response
 from chattune.serve.schemas import (
     MAX_BODY_BYTES,
+    MAX_TOKENS_CAP,
     ChatCompletion,
-    ChatCompletionChunk,
     ChatRequest,
-    Choice,
-    ChunkChoice,
-    Delta,
-    ErrorBody,
-    ErrorResponse,
+    DecodingDefaults,
     FeedbackRequest,
     FeedbackResponse,
     ModelCard,
     ModelList,
-    ReplyMessage,
-    Usage,
 )
 from chattune.serve.settings import DECODE_THREADS, RETRY_AFTER, ServeSettings
 from chattune.serve.store import Store, StoredReply
+from chattune.serve.stream import Reply, completion, results, sse
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("chattune.serve")
@@ -108,39 +102,48 @@ async def chat_completions(body: ChatRequest, request: Request, engine: EngineDe
     if body.model not in (None, model_id):
         raise ApiError(404, f"model {body.model!r} is not served here; this server serves {model_id!r}",
                        "not_found_error", "model_not_found")
-    run_default = request.app.state.sampling  # the run's generation_config.json: what a request leaves unset
-    given = body.model_fields_set
-    sampling = replace(run_default, temperature=body.temperature if "temperature" in given else run_default.temperature,
-                       top_p=body.top_p if "top_p" in given else run_default.top_p, max_new_tokens=body.reply_tokens,
-                       seed=body.seed)
-    reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    sampling = body.sampling(request.app.state.defaults)
+    reply = Reply(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model_id, engine.backend.decode)
     messages = [m.model_dump() for m in body.messages]
-    conversation_id = (body.metadata or {}).get("conversation_id") or reply_id
-
-    def record(finished: Finished) -> None:  # runs in the decode worker, before the client sees the end
-        store.add_reply(StoredReply(
-            id=reply_id, conversation_id=conversation_id, model=model_id, messages=messages, content=finished.text,
-            finish_reason=finished.finish_reason, temperature=sampling.temperature, top_p=sampling.top_p,
-            max_tokens=sampling.max_new_tokens, seed=sampling.seed, prompt_tokens=finished.prompt_tokens,
-            completion_tokens=finished.completion_tokens))
-
-    job = engine.submit(messages, sampling, body.stop, on_finish=record)
+    conversation_id = (body.metadata or {}).get("conversation_id") or reply.id
+    # choice i of a seeded request draws with seed + i (as `replies` does), so the n replies differ yet reproduce;
+    # choice 0 is stored under the completion id, choice i > 0 under "<id>-<i>"
+    samplings = [replace(sampling, seed=None if sampling.seed is None else sampling.seed + i) for i in range(body.n)]
+    records = [_recorder(store, StoredReply(
+        id=reply.id if i == 0 else f"{reply.id}-{i}", conversation_id=conversation_id, model=model_id,
+        messages=messages, content="", finish_reason="", temperature=s.temperature, top_p=s.top_p,
+        max_tokens=s.max_new_tokens, seed=s.seed, prompt_tokens=0, completion_tokens=0))
+        for i, s in enumerate(samplings)]
+    top_logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    jobs = engine.submit_choices(messages, samplings, body.stop, records, top_logprobs)
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        return StreamingResponse(_sse(job, request, reply_id, created, model_id, include_usage,
-                                      request.app.state.settings.keepalive_every),
+        return StreamingResponse(sse(jobs, request, reply, include_usage, body.logprobs,
+                                     request.app.state.settings.keepalive_every),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    watcher = asyncio.create_task(_cancel_when_disconnected(request, job))
-    try:
-        finished = await job.result()
-    finally:
-        watcher.cancel()
-    if finished.finish_reason == "cancelled":
+    finished = await results(jobs, request)
+    if any(done.finish_reason == "cancelled" for done in finished):
         return Response(status_code=499)  # nginx's "client closed request": nobody is left to read it
-    return ChatCompletion(id=reply_id, created=created, model=model_id, usage=_usage(finished),
-                          choices=[Choice(message=ReplyMessage(content=finished.text),
-                                          finish_reason=finished.finish_reason)])
+    return completion(jobs, reply, body.logprobs)
+
+
+def _recorder(store: Store, template: StoredReply) -> Callable[[Finished], None]:
+    """Stores the reply once it is finished; runs in the decode worker, before the client sees the end."""
+
+    def record(finished: Finished) -> None:
+        store.add_reply(replace(template, content=finished.text, finish_reason=finished.finish_reason,
+                                prompt_tokens=finished.prompt_tokens, completion_tokens=finished.completion_tokens))
+
+    return record
+
+
+@api.get("/defaults")
+def decoding_defaults(request: Request) -> DecodingDefaults:
+    """What a request that leaves the sampling fields out gets; the web page starts its settings from these."""
+    defaults = request.app.state.defaults
+    return DecodingDefaults(temperature=defaults.temperature, top_p=defaults.top_p,
+                            max_tokens=defaults.max_new_tokens, max_tokens_cap=MAX_TOKENS_CAP)
 
 
 @api.post("/feedback")
@@ -152,48 +155,6 @@ def feedback(body: FeedbackRequest, store: StoreDep) -> FeedbackResponse:
     if row is None:
         raise ApiError(404, f"no reply with id {body.reply_id!r}", "not_found_error", "reply_not_found")
     return FeedbackResponse(**row)
-
-
-async def _sse(job: Job, request: Request, reply_id: str, created: int, model_id: str,
-               include_usage: bool, keepalive_every: float) -> AsyncIterator[str]:
-    """Server-Sent Events: a role chunk, one chunk per piece of text, a chunk with the finish reason, [DONE]; an SSE
-    comment whenever the stream has been silent for `keepalive_every` seconds (waiting for a row, a long prompt)."""
-
-    def chunk(delta: Delta, finish_reason: str | None = None, usage: Usage | None = None) -> str:
-        choices = [] if usage else [ChunkChoice(delta=delta, finish_reason=finish_reason)]
-        event = ChatCompletionChunk(id=reply_id, created=created, model=model_id, choices=choices, usage=usage)
-        return f"data: {event.model_dump_json()}\n\n"
-
-    watcher = asyncio.create_task(_cancel_when_disconnected(request, job))
-    try:
-        yield chunk(Delta(role="assistant", content=""))
-        async for piece in job.pieces(idle_every=keepalive_every):
-            yield chunk(Delta(content=piece)) if piece else ": keep-alive\n\n"
-        if job.finished.finish_reason == "cancelled":  # the client is gone
-            return
-        yield chunk(Delta(), job.finished.finish_reason)
-        if include_usage:
-            yield chunk(Delta(), usage=_usage(job.finished))
-        yield "data: [DONE]\n\n"
-    except Exception:  # headers are sent: the error can only travel as an event
-        log.exception("streamed generation failed")
-        error = ErrorResponse(error=ErrorBody(message="generation failed; see the server log", type="server_error"))
-        yield f"data: {error.model_dump_json()}\n\n"
-    finally:
-        watcher.cancel()
-        job.cancel()  # no-op once finished; stops the generation when the client went away mid-reply
-
-
-async def _cancel_when_disconnected(request: Request, job: Job) -> None:
-    """Cancel the job when the client disconnects (closed tab, stop button, timeout), even while it waits."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-    job.cancel()
-
-
-def _usage(finished: Finished) -> Usage:
-    return Usage(prompt_tokens=finished.prompt_tokens, completion_tokens=finished.completion_tokens,
-                 total_tokens=finished.prompt_tokens + finished.completion_tokens)
 
 
 # --- errors and limits --------------------------------------------------------------------------------------------
@@ -238,11 +199,12 @@ def _install_error_handlers(app: FastAPI) -> None:
 # --- the app ------------------------------------------------------------------------------------------------------
 
 def create_app(engine: Engine, store: Store, model_id: str, settings: ServeSettings | None = None,
-               sampling: Sampling | None = None) -> FastAPI:
+               defaults: Sampling | None = None) -> FastAPI:
+    """The routes over `engine` and `store`; `defaults` decode requests that leave the sampling fields out."""
     settings = settings or ServeSettings()
     app = FastAPI(title="chattune", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.store, app.state.model_id, app.state.settings = engine, store, model_id, settings
-    app.state.sampling = sampling or Sampling()
+    app.state.defaults = defaults or Sampling()
     app.state.started = int(time.time())
     app.include_router(v1)
     app.include_router(api)
@@ -299,7 +261,8 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, db: str = "feedba
     store = Store(db)
     engine = Engine(load_backend(run, backend, quant, max_batch=max_batch, kv_tokens=kv_tokens, threads=threads),
                     max_waiting=settings.max_waiting)
-    app = create_app(engine, store, model_id, settings, run_sampling(run))
+    # the run's decoding defaults (its generation_config.json), as `chattune chat` decodes the same run
+    app = create_app(engine, store, model_id, settings, defaults=run_sampling(run))
     print(f"serving {model_id}\n  chat page: http://{host}:{port}/\n  API:       http://{host}:{port}/v1 "
           f"(OpenAI chat completions)\n  feedback:  {db}  (chattune feedback stats --db {db})", flush=True)
     try:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 
 from chattune.errors import InputError
 from chattune.generate.backend import DecodeBackend, DecodeBatch
+from chattune.generate.logprobs import TokenLogprob
 from chattune.generate.sampling import Sampling
 from chattune.generate.text import ReplyText
 
@@ -48,32 +49,33 @@ class Job:
     stop: list[str]
     on_finish: Callable[[Finished], None] | None
     loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)  # str pieces, then Finished or an exception
+    top_logprobs: int | None = None  # note log-probabilities (with this many alternatives) for every reply token
+    # str pieces (each after the log-probabilities of its tokens, when asked), then Finished or an exception
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     finished: Finished | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # those delivered so far (read in the event loop)
 
     def cancel(self) -> None:
         self.cancelled.set()
 
-    def emit(self, event: str | Finished | BaseException) -> None:
+    def emit(self, event: str | list[TokenLogprob] | Finished | BaseException) -> None:
         """Called from the worker thread; the event loop delivers the event (none is left to after shutdown)."""
         if not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
-    async def pieces(self, idle_every: float | None = None) -> AsyncIterator[str]:
-        """The reply as it is generated; afterwards `self.finished` holds the whole reply and its counts. With
-        `idle_every`, an empty piece comes whenever that many seconds pass without one (SSE keep-alives)."""
+    async def pieces(self) -> AsyncIterator[str]:
+        """The reply as it is generated; afterwards `self.finished` holds the whole reply and its counts."""
         while True:
-            try:
-                event = await asyncio.wait_for(self.events.get(), idle_every)
-            except TimeoutError:
-                yield ""
-                continue
+            event = await self.events.get()
             if isinstance(event, Finished):
                 self.finished = event
                 return
             if isinstance(event, BaseException):
                 raise event
+            if isinstance(event, list):
+                self.logprobs += event
+                continue
             yield event
 
     async def result(self) -> Finished:
@@ -108,24 +110,35 @@ class Engine:
         self._worker.start()
 
     def submit(self, messages: list[dict], sampling: Sampling, stop: list[str],
-               on_finish: Callable[[Finished], None] | None = None) -> Job:
+               on_finish: Callable[[Finished], None] | None = None, top_logprobs: int | None = None) -> Job:
         """Queue a reply to `messages`; call from the event loop. `on_finish` runs in the worker once the reply is
-        complete or cancelled, before the client is told it ended, so every reply is recorded exactly once."""
+        complete or cancelled, before the client is told it ended, so every reply is recorded exactly once. With
+        `top_logprobs`, `job.logprobs` fills with the reply tokens' log-probabilities as its pieces arrive."""
+        return self.submit_choices(messages, [sampling], stop, [on_finish], top_logprobs)[0]
+
+    def submit_choices(self, messages: list[dict], samplings: list[Sampling], stop: list[str],
+                       on_finishes: list[Callable[[Finished], None] | None], top_logprobs: int | None = None
+                       ) -> list[Job]:
+        """Several replies to one conversation (OpenAI's `n`), one per sampling, queued together: all are taken or,
+        with no room for all of them, none (EngineBusy). They join the same batch, so they decode together."""
         prompt_ids = self.backend.prompt_ids(messages)
         limit = min(self.backend.context_length, self.backend.kv_tokens)
         if len(prompt_ids) >= limit:
             raise InputError(f"the conversation is {len(prompt_ids)} tokens but the model reads at most {limit}; "
                              "send fewer or shorter messages")
-        sampling = replace(sampling, max_new_tokens=min(sampling.max_new_tokens, limit - len(prompt_ids)))
-        job = Job(prompt_ids, sampling, stop, on_finish, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        jobs = [Job(prompt_ids, replace(sampling, max_new_tokens=min(sampling.max_new_tokens, limit - len(prompt_ids))),
+                    stop, on_finish, loop, top_logprobs)
+                for sampling, on_finish in zip(samplings, on_finishes, strict=True)]
         with self._wake:
             if self._draining:
                 raise EngineBusy("the server is shutting down; retry in a few seconds")
-            if len(self._waiting) >= self.max_waiting:
-                raise EngineBusy(f"{self.max_waiting} requests are already waiting; retry in a few seconds")
-            self._waiting.append(job)
+            if len(self._waiting) + len(jobs) > self.max_waiting:
+                raise EngineBusy(f"{len(self._waiting)} requests are already waiting (at most {self.max_waiting}); "
+                                 "retry in a few seconds")
+            self._waiting.extend(jobs)
             self._wake.notify()
-        return job
+        return jobs
 
     @property
     def load(self) -> dict:
@@ -161,7 +174,7 @@ class Engine:
                 batch = self.backend.new_batch()
                 continue
             for row_id, token_id in tokens.items():
-                self._add_token(self._running[row_id], token_id)
+                self._add_token(batch, row_id, token_id)
             for row_id, row in list(self._running.items()):
                 if row.done or row.job.cancelled.is_set():
                     batch.remove(row_id)
@@ -186,7 +199,7 @@ class Engine:
                 if job.cancelled.is_set():  # cancelled while waiting: costs nothing, still recorded
                     self._finish(row)
                     continue
-                self._running[batch.add(job.prompt_ids, job.sampling)] = row
+                self._running[batch.add(job.prompt_ids, job.sampling, job.top_logprobs)] = row
                 reserved += need
             return bool(self._running) or not self._closing
 
@@ -195,7 +208,11 @@ class Engine:
             rows, self._running = list(self._running.values()), {}
         return rows
 
-    def _add_token(self, row: _Row, token_id: int) -> None:
+    def _add_token(self, batch: DecodeBatch, row_id: int, token_id: int) -> None:
+        row = self._running[row_id]
+        if row.job.top_logprobs is not None:  # sent before the piece holding their tokens; none for end of turn
+            noted = batch.take_logprobs(row_id)
+            row.job.emit([entry for entry in noted if entry.token_id not in self.backend.stop_ids])
         row.count += 1
         if piece := row.reply.add(token_id):
             row.job.emit(piece)

@@ -6,10 +6,12 @@ cap and wrong types are refused with a 400 naming the field; the rest of the ser
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
+from chattune.generate.logprobs import MAX_TOP_LOGPROBS
 from chattune.generate.sampling import Sampling
 
 MAX_MESSAGES = 100  # turns per request; a longer chat no longer fits a small model's context anyway
@@ -18,16 +20,18 @@ MAX_TOTAL_CHARS = 32_000  # characters per conversation (~8k tokens: SmolLM2's w
 MAX_BODY_BYTES = 256 * 1024  # request body; room for MAX_TOTAL_CHARS even as escaped JSON, refused with 413 above
 MAX_TOKENS_CAP = 1024  # longest reply a request may ask for (~1 min of a 135M model on 2 CPU cores)
 MAX_SEED = 2**63 - 1  # seeds are stored in SQLite's signed 64-bit INTEGER
+MAX_CHOICES = 4  # replies per request (`n`); they decode as rows of one batch, so 4 cost about what 1 does
 MAX_STOP_STRINGS = 4  # as OpenAI
 MAX_STOP_CHARS = 64  # per stop string
-DEFAULT_SAMPLING = Sampling()  # temperature, top_p and reply length when a request gives none: as `chattune chat`
 # OpenAI fields chattune does not implement: a request using them gets a 400 naming the field, never a reply that
 # silently ignored what it asked for
 UNSUPPORTED = {
     "tools": "tool calling", "tool_choice": "tool calling", "functions": "function calling",
-    "function_call": "function calling", "logit_bias": "logit_bias", "response_format": "structured output",
-    "logprobs": "logprobs", "top_logprobs": "logprobs", "audio": "audio output", "modalities": "audio output",
-    "prediction": "predicted outputs",
+    "function_call": "function calling", "logit_bias": "logit_bias", "audio": "audio output",
+    "modalities": "audio output", "prediction": "predicted outputs",
+    # both backends pick tokens in Python from the logits (one sampler, seeded per request), so llama.cpp's grammar
+    # sampler is not in the loop; a JSON constraint would mean masking the vocabulary against a parser every step
+    "response_format": "structured output (json_object, json_schema): replies are sampled without a grammar",
 }
 # strict: JSON types are taken as they are ("0.5" is not a number, true is not an integer), as OpenAI validates
 STRICT = ConfigDict(strict=True)
@@ -63,13 +67,16 @@ class ChatRequest(BaseModel):
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     model: str | None = None  # must name the served model when given (GET /v1/models)
-    temperature: float = Field(DEFAULT_SAMPLING.temperature, ge=0, le=2)  # 0 is greedy
-    top_p: float = Field(DEFAULT_SAMPLING.top_p, gt=0, le=1)
+    # absent: the server's decoding defaults (GET /api/defaults), as `chattune chat` would decode
+    temperature: float | None = Field(None, ge=0, le=2)  # 0 is greedy
+    top_p: float | None = Field(None, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CAP)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CAP)  # the newer name of max_tokens
     stop: list[StopString] = Field(default_factory=list, max_length=MAX_STOP_STRINGS)  # a string or a list
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    n: int = 1
+    n: int = Field(1, ge=1, le=MAX_CHOICES)  # replies to the conversation, decoded together
+    logprobs: bool = False  # each reply token's log-probability under the model
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)  # and its likeliest alternatives
     stream: bool = False
     stream_options: StreamOptions | None = None
     metadata: dict[str, str] | None = Field(None, max_length=16)  # the web page sends {"conversation_id": ...}
@@ -82,13 +89,6 @@ class ChatRequest(BaseModel):
                 if body.get(field) not in (None, False) and body.get(field) != {"type": "text"}:
                     raise ValueError(f"{field}: {feature} is not supported by this server; leave the field out")
         return body
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError("only n=1 is supported; send several requests for several replies")
-        return n
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -110,14 +110,18 @@ class ChatRequest(BaseModel):
             _no_surrogates(message.content, f"messages.{index}.content")
         for text in [*self.stop, self.model or ""]:
             _no_surrogates(text, "stop" if text in self.stop else "model")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
         total = sum(len(m.content) for m in self.messages)
         if total > MAX_TOTAL_CHARS:
             raise ValueError(f"the messages hold {total} characters; at most {MAX_TOTAL_CHARS} are accepted")
         return self
 
-    @property
-    def reply_tokens(self) -> int:
-        return self.max_completion_tokens or self.max_tokens or DEFAULT_SAMPLING.max_new_tokens
+    def sampling(self, defaults: Sampling) -> Sampling:
+        """The request's decoding settings: what it gives, the server's defaults for the rest."""
+        given = {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
+                 "max_new_tokens": self.max_completion_tokens or self.max_tokens}
+        return replace(defaults, **{key: value for key, value in given.items() if value is not None})
 
 
 class Usage(BaseModel):
@@ -131,11 +135,26 @@ class ReplyMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]  # the token's UTF-8 bytes (a token may hold part of a character)
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob]
+    refusal: None = None
+
+
 class Choice(BaseModel):
     index: int = 0
     message: ReplyMessage
     finish_reason: Literal["stop", "length"]
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -161,7 +180,7 @@ class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
     finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -171,6 +190,15 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
+
+
+class DecodingDefaults(BaseModel):
+    """GET /api/defaults: how a request that leaves these fields out is decoded."""
+
+    temperature: float
+    top_p: float
+    max_tokens: int
+    max_tokens_cap: int  # the most `max_tokens` a request may ask for
 
 
 class ModelCard(BaseModel):

@@ -1,5 +1,7 @@
 // chattune web chat: streams replies from /v1/chat/completions (OpenAI SSE) and sends feedback to /api/feedback.
-// Model output is untrusted: it is only ever written with textContent, never as HTML.
+// Model output is untrusted: it reaches the page only as text nodes (markdown.js builds the elements), never as HTML.
+// Sampling settings start from the server's defaults (GET /api/defaults); an emptied field sends nothing, so the
+// server's default applies.
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
@@ -29,6 +31,12 @@ function showStatus(text) {
   $("#status").textContent = text;
 }
 
+// User text is shown as typed; replies are rendered as markdown.
+function showText(content, role, text) {
+  if (role === "user") content.textContent = text;
+  else content.replaceChildren(...markdown.render(text));
+}
+
 function addMessage(role, text) {
   const box = document.createElement("div");
   box.className = "message " + role;
@@ -37,7 +45,7 @@ function addMessage(role, text) {
   label.textContent = role === "user" ? "you" : "bot";
   const content = document.createElement("div");
   content.className = "content";
-  content.textContent = text;
+  showText(content, role, text);
   box.append(label, content);
   $("#messages").append(box);
   box.scrollIntoView({ block: "end" });
@@ -51,8 +59,32 @@ async function send(text) {
   const messages = state.messages;  // "New chat" during the reply starts a new list; this reply stays in its own
   messages.push({ role: "user", content: text });
   addMessage("user", text);
-  const turn = { role: "assistant", content: "" };
+  document.querySelectorAll(".regenerate").forEach((button) => { button.disabled = true; });  // older context
   const box = addMessage("assistant", "");
+  if (!await reply(box, messages)) messages.pop();  // nothing came back: let the user resend
+}
+
+// A new reply to the same conversation, stored by the server as a sibling of the shown one (thumbs on both
+// give a preference pair in `chattune feedback export --format dpo`); the conversation goes on from the new one.
+async function regenerate(oldBox, oldTurn) {
+  const messages = state.messages;
+  if (!$("#stop").hidden || messages[messages.length - 1] !== oldTurn) return;
+  showStatus("");
+  messages.pop();
+  oldBox.dataset.superseded = "true";
+  oldBox.querySelector(".regenerate").disabled = true;
+  const box = addMessage("assistant", "");
+  oldBox.after(box);
+  if (!await reply(box, messages)) {  // nothing came back: the old reply is the conversation's again
+    messages.push(oldTurn);
+    delete oldBox.dataset.superseded;
+    oldBox.querySelector(".regenerate").disabled = false;
+  }
+}
+
+// Stream a reply to `messages` into `box`; true if it got a reply (even a stopped one), which joins `messages`.
+async function reply(box, messages) {
+  const turn = { role: "assistant", content: "" };
   box.dataset.state = "streaming";
   setBusy(true);
   state.controller = new AbortController();
@@ -64,13 +96,11 @@ async function send(text) {
     if (error.name !== "AbortError") showStatus(error.message);
   } finally {
     setBusy(false);
-    if (turn.content || box.dataset.replyId) {
-      messages.push(turn);
-      addActions(box, turn);
-    } else {
-      messages.pop();  // nothing came back: let the user resend
-    }
   }
+  if (!turn.content && !box.dataset.replyId) return false;
+  messages.push(turn);
+  addActions(box, turn);
+  return true;
 }
 
 async function streamReply(box, messages, turn, signal) {
@@ -78,11 +108,12 @@ async function streamReply(box, messages, turn, signal) {
   const request = {
     model: $("#model").dataset.id || undefined,
     messages: system ? [{ role: "system", content: system }, ...messages] : messages,
-    temperature: Number($("#temperature").value),
-    max_tokens: Number($("#max-tokens").value),
     stream: true,
     metadata: { conversation_id: state.conversationId },
   };
+  const temperature = $("#temperature").value, maxTokens = $("#max-tokens").value;
+  if (temperature !== "") request.temperature = Number(temperature);
+  if (maxTokens !== "") request.max_tokens = Number(maxTokens);
   const response = await fetch("/v1/chat/completions",
     { method: "POST", headers: headers(), body: JSON.stringify(request), signal });
   if (!response.ok) {
@@ -97,7 +128,7 @@ async function streamReply(box, messages, turn, signal) {
     if (!choice) continue;
     if (choice.delta.content) {
       turn.content += choice.delta.content;
-      content.textContent = turn.content;
+      showText(content, "assistant", turn.content);
       box.scrollIntoView({ block: "end" });
     }
     if (choice.finish_reason === "length") box.dataset.cut = "true";
@@ -146,6 +177,8 @@ function addActions(box, turn) {
   actions.querySelector(".rate-up").addEventListener("click", () => rate(box, 1));
   actions.querySelector(".rate-down").addEventListener("click", () => rate(box, -1));
   actions.querySelector(".edit").addEventListener("click", () => startEdit(box, turn));
+  actions.querySelector(".regenerate").addEventListener("click", () => regenerate(box, turn));
+  actions.querySelector(".copy").addEventListener("click", () => copy(actions.querySelector(".copy"), turn.content));
   box.append(actions);
 }
 
@@ -197,12 +230,36 @@ function startEdit(box, turn) {
       box.querySelector(".content").before(original);
     }
     turn.content = edited;  // the conversation continues from the reply the user wanted
-    box.querySelector(".content").textContent = edited;
+    showText(box.querySelector(".content"), "assistant", edited);
     box.dataset.edited = "true";
     box.querySelector(".note").textContent = "edited";
     editor.remove();
     row.remove();
   });
+}
+
+// The reply's text as the model wrote it (markdown source). The clipboard API needs a secure context (https or
+// localhost); over plain http on a network the page falls back to selecting a hidden textarea.
+async function copy(button, text) {
+  try {
+    if (navigator.clipboard && window.isSecureContext) await navigator.clipboard.writeText(text);
+    else copyBySelection(text);
+    button.textContent = "Copied";
+  } catch (error) {
+    showStatus("not copied: " + error.message);
+  }
+  setTimeout(() => { button.textContent = "Copy"; }, 1500);
+}
+
+function copyBySelection(text) {
+  const area = document.createElement("textarea");
+  area.value = text;
+  area.className = "offscreen";
+  document.body.append(area);
+  area.select();
+  const copied = document.execCommand("copy");
+  area.remove();
+  if (!copied) throw new Error("the browser refused");
 }
 
 // --- page wiring -------------------------------------------------------------------------------------------------
@@ -219,6 +276,10 @@ function newChat() {
 async function loadModel() {
   try {
     const models = await (await api("/v1/models")).json();
+    const defaults = await (await api("/api/defaults")).json();
+    $("#temperature").value = defaults.temperature;
+    $("#max-tokens").value = defaults.max_tokens;
+    $("#max-tokens").max = defaults.max_tokens_cap;
     $("#model").textContent = models.data[0].id;
     $("#model").dataset.id = models.data[0].id;
   } catch (error) {
