@@ -51,8 +51,12 @@ def test_cli_and_server_defaults_are_samplings():
         assert _sampling(build_parser().parse_args(verb)) == default
     flags = build_parser().parse_args(["chat", "runs/x", "--no-repeat-ngram-size", "5", "--temperature", "0"])
     assert _sampling(flags) == replace(default, no_repeat_ngram_size=5, temperature=0)
+    # a request that leaves the sampling fields out decodes with the server's defaults (the run's), all of them
     request = ChatRequest(messages=[{"role": "user", "content": "hi"}])
-    assert (request.temperature, request.top_p, request.seed) == (default.temperature, default.top_p, default.seed)
+    run_default = replace(default, no_repeat_ngram_size=5, repetition_penalty=1.3, temperature=0.2)
+    assert request.sampling(run_default) == run_default
+    given = ChatRequest(messages=[{"role": "user", "content": "hi"}], temperature=0.9, seed=4)
+    assert given.sampling(run_default) == replace(run_default, temperature=0.9, seed=4)
 
 
 @pytest.mark.parametrize("fields, message", [

@@ -85,7 +85,8 @@ def test_checkpointed_layers_compute_the_same_loss_and_gradients(tiny_llama, mod
 
 
 PEAK_SCRIPT = """
-import json, resource, sys, torch
+import json, sys, torch
+from pathlib import Path
 from transformers import LlamaConfig, LlamaForCausalLM
 from chattune.config import load_config
 from chattune.train.common import add_lora
@@ -97,22 +98,27 @@ model = LlamaForCausalLM(LlamaConfig(hidden_size=128, intermediate_size=512, num
                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=512))
 model.config.use_cache = False
 model = add_lora(model, load_config(overrides=["lora.dropout=0.0"]))
-apply_memory_plan(model, plan_memory(model, sys.argv[1], rows=4, row_tokens=512))
-ids = torch.randint(0, 512, (4, 512))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+apply_memory_plan(model, plan_memory(model, sys.argv[1], rows=8, row_tokens=512))
+ids = torch.randint(0, 512, (8, 512))
+def status(key):
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(key))
+    return int(line.split()[1]) / 1024
+Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS: imports peak higher
+before = status("VmRSS:")
 target_only_loss(model, {"input_ids": ids, "labels": ids}).backward()
-print(json.dumps({"growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024}))
+print(json.dumps({"growth_mb": status("VmHWM:") - before}))
 """
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the peak from /proc/self/status")
 def test_memory_low_lowers_the_peak_of_a_training_step():
     def growth(mode: str) -> float:
         out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, mode], capture_output=True, text=True, check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])["growth_mb"]
 
     fast, low = growth("fast"), growth("low")
-    # fast keeps ~8 layers x 2048 tokens of activations (hundreds of MB); low keeps each layer's input only
-    assert fast > 100, fast
+    # fast keeps ~8 layers x 4096 tokens of activations (hundreds of MB); low keeps each layer's input only
+    assert fast > 150, fast
     assert low < fast / 3, (low, fast)
 
 
