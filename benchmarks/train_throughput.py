@@ -11,7 +11,8 @@ chattune: packing, target-only LM head, bf16 where native, memory=balanced, loss
 happens in a fresh subprocess (so peak RSS is its own), in alternation, and the first `--warmup` steps are not timed.
 
 TRL gets two rows: its defaults as they behave on this machine (bf16=True; on a CPU without native bf16 that is
-emulated and very slow, so that row stops after --stall-budget seconds and reports the steps it finished), and its
+emulated and very slow, so that row gets --stall-budget seconds: it reports the steps it timed by then, or, when it
+has not finished, that it was stopped), and its
 defaults with bf16=False, what a careful user sets on such a CPU. The ratio is against the faster of the two.
 
 Reported per run: real tokens/s (non-padding tokens processed), target tokens/s (tokens in the loss), all tokens/s
@@ -192,12 +193,20 @@ def _child(target, args, method, extra, queue):
     queue.put(target(args, method, *extra))
 
 
-def in_subprocess(target, args, method: str, *extra) -> dict:
+def in_subprocess(target, args, method: str, *extra, timeout: float | None = None) -> dict | None:
+    """`target` in a fresh process (its own peak RSS); None when it has not finished within `timeout` seconds (it
+    is killed: an emulated-bf16 step can take minutes, and a step-end check cannot interrupt one)."""
+    import queue as queues
+
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_child, args=(target, args, method, extra, queue))
     process.start()
-    result = queue.get()
+    try:
+        result = queue.get(timeout=timeout)
+    except queues.Empty:
+        process.kill()
+        result = None
     process.join()
     return result
 
@@ -241,7 +250,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing starts")
     parser.add_argument("--stall-budget", type=float, default=150,
-                        help="seconds the TRL-defaults row may run where its bf16 is emulated")
+                        help="seconds the TRL-defaults row may run where its bf16 is emulated; then it is stopped")
     parser.add_argument("--skip-full", action="store_true", help="LoRA rows only")
     parser.add_argument("--compile", action="store_true", help="chattune with compile=true (warm-up must cover it)")
     parser.add_argument("--ablate", action="store_true",
@@ -264,18 +273,28 @@ def main() -> None:
     if args.ablate:
         ablate(args, peaks, shape, native_bf16)
         return
-    rows = []
+    rows, stalled = [], []
     for method in ["lora"] + ([] if args.skip_full else ["full"]):
         runs = [("TRL SFTTrainer defaults", run_trl, (True,)), ("TRL bf16=False", run_trl, (False,))]
         runs += [(f"chattune {precision}", run_chattune, (precision,)) for precision in precisions]
         for name, target, extra in runs:
-            result = in_subprocess(target, args, method, *extra)
+            emulated = target is run_trl and extra[0] and not native_bf16
+            result = in_subprocess(target, args, method, *extra, timeout=args.stall_budget if emulated else None)
+            if result is None:
+                print(f"{name:24} {method:4} bf16 emulated (no native bf16): not finished within "
+                      f"{args.stall_budget:.0f} s; stopped", flush=True)
+                stalled.append({"trainer": name, "method": method, "stopped_after_s": args.stall_budget})
+                continue
             result.update(trainer=name, method=method,
                           mfu=useful_flops_per_s(result, method, shape) / (peaks[result["precision"]] * 1e9))
             rows.append(result)
             print(row_line(result), flush=True)
     print_table(rows, peaks, flags)
-    write_result("train_throughput", {"args": vars(args), "peak_gflops": peaks, **shape, "rows": rows})
+    for row in stalled:
+        print(f"{row['trainer']} {row['method']}: stopped after {row['stopped_after_s']:.0f} s without finishing "
+              "(bf16 emulated on this CPU)")
+    write_result("train_throughput", {"args": vars(args), "peak_gflops": peaks, **shape, "rows": rows,
+                                      "stalled": stalled})
 
 
 def row_line(row: dict) -> str:
