@@ -172,10 +172,10 @@ class ChatConfig(TrainConfig):
     packing: bool = True  # pack conversations into max_length rows without cross-attention: no compute on padding
     precision: str = "auto"  # "auto": bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32
     compile: bool = False  # torch.compile the decoder layers: ~1 min up front, then faster steps (see README Speed)
-    # Activations of a training step (train/memory.py): "fast" keeps them all; "balanced" checkpoints just enough
-    # decoder layers to hold them under 1.5 GB (the demo peaks under 3 GB); "low" checkpoints every layer (~1/3 more
-    # compute per step for the least memory)
-    memory: str = "balanced"
+    # Activations of a training step (train/memory.py): "fast" keeps them all (glibc left alone: fastest, ~8 GB for
+    # the demo); "balanced" splits batches and checkpoints just enough layers to hold them under 1.5 GB, and returns
+    # freed tensors to the OS (the demo peaks at 2.9 GB, but its steps take ~1.4x longer); "low" checkpoints every layer
+    memory: str = "fast"
     # After training, base and tuned models reply to this many held-out conversations for BLEU/ROUGE/toxicity/
     # relevance with bootstrap intervals (RUN/eval.json, RUN/report.html); 0 skips it. 64 pairs take ~1 min for
     # SmolLM2-135M on 2 CPU cores and give intervals narrow enough to tell a real change from noise.
