@@ -22,7 +22,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"
 MODEL_ID = "tiny-chat"
 REPLY = '.message.assistant'
 # the server's decoding defaults, unlike chattune's own (0.7, 128), so the page shows them only if it asks
-DEFAULTS = Sampling(temperature=0.3, max_new_tokens=77)
+# no loop guard: the stop test needs a reply that runs on (the tiny model ends early once it cannot repeat)
+DEFAULTS = Sampling(temperature=0.3, max_new_tokens=77, no_repeat_ngram_size=0)
 
 
 class UnhurriedBackend(HFBackend):
