@@ -42,11 +42,16 @@ def read_fit(log_rows: list[dict]) -> dict:
     return {**numbers, **_ended(train, evals)}
 
 
+def _train_change(train: list[tuple[int, float]], step: int) -> float:
+    """Relative change of the mean train loss logged after `step` against the mean up to it."""
+    before = [loss for at, loss in train if at <= step] or [train[0][1]]
+    later = [loss for at, loss in train if at > step] or [train[-1][1]]
+    return statistics.fmean(later) / statistics.fmean(before) - 1
+
+
 def _rose(train: list[tuple[int, float]], best_step: int, best_loss: float, after_best: list[float]) -> dict:
     """Eval loss ended above its best: overfitting when train loss kept falling meanwhile, else unstable."""
-    before = [loss for step, loss in train if step <= best_step] or [train[0][1]]
-    later = [loss for step, loss in train if step > best_step] or [train[-1][1]]
-    train_change = statistics.fmean(later) / statistics.fmean(before) - 1
+    train_change = _train_change(train, best_step)
     rise = f"eval loss rose for {len(after_best)} evaluation(s) after step {best_step} ({best_loss:.4f} -> " \
            f"{after_best[-1]:.4f}, {after_best[-1] / best_loss - 1:+.1%})"
     numbers = {"rising_evaluations": len(after_best), "train_change_after_best": train_change}
@@ -65,9 +70,7 @@ def _ended(train: list[tuple[int, float]], evals: list[tuple[int, float]]) -> di
     loss did), else it fits."""
     (previous_step, previous), (last_step, last) = evals[-2], evals[-1]
     eval_change = last / previous - 1
-    before = [loss for step, loss in train if step <= previous_step] or [train[0][1]]
-    later = [loss for step, loss in train if step > previous_step] or [train[-1][1]]
-    train_change = statistics.fmean(later) / statistics.fmean(before) - 1
+    train_change = _train_change(train, previous_step)
     numbers = {"eval_change_at_end": eval_change, "train_change_at_end": train_change}
     if eval_change < -FLAT:
         falling = "train and eval loss were" if train_change < -FLAT else "eval loss was"
