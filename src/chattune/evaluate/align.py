@@ -23,7 +23,7 @@ from rich.table import Table
 from chattune.data.chat import tokenize_conversations
 from chattune.data.collate import PadCollator
 from chattune.data.conversation import Conversation
-from chattune.evaluate.bootstrap import CONFIDENCE, RESAMPLES, MetricSpec, metric_table
+from chattune.evaluate.bootstrap import MetricSpec, comparison
 from chattune.evaluate.likelihood import conversation_likelihoods, summarize_likelihoods
 from chattune.evaluate.relevance import SentenceEncoder, context_text, cosine_similarities
 from chattune.evaluate.report import verdict
@@ -73,8 +73,7 @@ def evaluate_alignment(run: Run, contexts: list[Conversation], conversations: li
         "contexts": len(contexts), "conversations": len(conversations),
         "sampling": {"k": cfg.eval_samples, "temperature": sampled.temperature, "top_p": sampled.top_p,
                      "top_k": sampled.top_k, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed},
-        "bootstrap": {"resamples": RESAMPLES, "confidence": CONFIDENCE, "unit": "context (conversation: perplexity)"},
-        "metrics": metric_table(METRICS, scored, cfg.seed),
+        **comparison(METRICS, scored, cfg.seed, unit="context (conversation: perplexity)"),
         "examples": _most_improved(contexts, scored),
         "seconds": round(time.time() - started, 1),
     }

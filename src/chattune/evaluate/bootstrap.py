@@ -1,7 +1,8 @@
 """Paired bootstrap confidence interval for the change of a metric between two systems scored on the same examples.
 
     low, high = paired_bootstrap(base_items, tuned_items, aggregate=statistics.fmean, seed=42)
-    rows = metric_table(METRICS, {"base": {"items": ...}, "tuned": {"items": ...}}, seed=42)   # eval.json "metrics"
+    rows = metric_table(METRICS, {"base": {"items": ...}, "tuned": {"items": ...}}, seed=42)
+    result.update(comparison(METRICS, scored, seed=42, unit="conversation"))  # eval.json "bootstrap" and "metrics"
 
 Each resample draws n example indices with replacement and applies `aggregate` to the same indices of both
 systems, so the interval reflects how much the change depends on which examples happened to be held out. A 95%
@@ -56,3 +57,10 @@ def metric_table(specs: Sequence[MetricSpec], scored: dict, seed: int) -> list[d
             row["ci"] = list(paired_bootstrap(base_items, tuned_items, spec.aggregate, seed=seed))
         rows.append(row)
     return rows
+
+
+def comparison(specs: Sequence[MetricSpec], scored: dict, seed: int, unit: str) -> dict:
+    """The "bootstrap" (how the intervals were drawn, over which unit) and "metrics" entries that every
+    before/after result file (eval.json, alignment.json) carries."""
+    return {"bootstrap": {"resamples": RESAMPLES, "confidence": CONFIDENCE, "unit": unit},
+            "metrics": metric_table(specs, scored, seed)}

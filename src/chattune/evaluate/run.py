@@ -29,7 +29,7 @@ from chattune.data.conversation import Conversation, with_system
 from chattune.data.load import load_chat_split, load_conversations, reader_options
 from chattune.errors import InputError
 from chattune.evaluate import text_metrics
-from chattune.evaluate.bootstrap import CONFIDENCE, RESAMPLES, MetricSpec, metric_table
+from chattune.evaluate.bootstrap import MetricSpec, comparison
 from chattune.evaluate.generation import Reply, ReplyPair, generate_replies, reply_pairs
 from chattune.evaluate.likelihood import conversation_likelihoods, summarize_likelihoods
 from chattune.evaluate.relevance import SentenceEncoder, cosine_similarities
@@ -104,8 +104,7 @@ def evaluate_run(run: Run, *, data: str | None = None, split: str = "eval", limi
         "sampling": {"temperature": 0, "max_new_tokens": sampling.max_new_tokens, "seed": cfg.seed,
                      "repetition_penalty": sampling.repetition_penalty,
                      "no_repeat_ngram_size": sampling.no_repeat_ngram_size},
-        "bootstrap": {"resamples": RESAMPLES, "confidence": CONFIDENCE, "unit": "conversation"},
-        "metrics": metric_table(METRICS, scored, cfg.seed),
+        **comparison(METRICS, scored, cfg.seed, unit="conversation"),
         "examples": _examples(pairs, scored),
         "seconds": round(time.time() - started, 1),
     }

@@ -20,7 +20,7 @@ from rich.console import Console
 from chattune.data.pairs import Pair, held_out_source, load_pairs_split, read_pairs
 from chattune.errors import InputError
 from chattune.evaluate import text_metrics
-from chattune.evaluate.bootstrap import CONFIDENCE, RESAMPLES, MetricSpec, metric_table
+from chattune.evaluate.bootstrap import MetricSpec, comparison
 from chattune.files import atomic_write_json
 from chattune.generate.summarize import Summarizer, Summary, load_summarizer
 from chattune.runs import Run
@@ -71,8 +71,7 @@ def evaluate_summaries(run: Run, *, data: str | None = None, split: str = "eval"
         "data": {"source": source, "split": split, "pairs": len(pairs),
                  "reference_words": statistics.fmean(len(text_metrics.words(p.summary)) for p in pairs)},
         "generation": generation,
-        "bootstrap": {"resamples": RESAMPLES, "confidence": CONFIDENCE, "unit": "pair"},
-        "metrics": metric_table(METRICS, scored, cfg.seed),
+        **comparison(METRICS, scored, cfg.seed, unit="pair"),
         "examples": _examples(pairs, scored),
         "seconds": round(time.time() - started, 1),
     }
