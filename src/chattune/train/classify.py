@@ -27,7 +27,8 @@ from chattune.evaluate.classification import classification_scores, majority_lab
 from chattune.files import atomic_write_json
 from chattune.runs import Run
 from chattune.train.callbacks import RichProgress
-from chattune.train.common import add_lora, build_trainer, cleanup_on_failure, prepare_run_folder, save_weights
+from chattune.train.common import (add_lora, build_trainer, cleanup_on_failure, prepare_run_folder, save_weights,
+                                   seed_everything)
 
 
 def train_classifier(cfg: ClassifyConfig, run: Path, *, overwrite: bool = False,
@@ -40,6 +41,7 @@ def train_classifier(cfg: ClassifyConfig, run: Path, *, overwrite: bool = False,
     folder = Run(run)
     with cleanup_on_failure(run, fresh=True):
         save_config(cfg, folder.config_path)
+        seed_everything(cfg.seed)  # before the new head and the LoRA adapter draw their initial weights
         train_rows, eval_rows, report = load_labelled_split(cfg)
         labels = _labels(cfg, train_rows, eval_rows)
         label_ids = {label: index for index, label in enumerate(labels)}
