@@ -138,3 +138,29 @@ def test_the_same_seed_gives_identical_metrics(tmp_path, topics_csv, tiny_bert):
         json.loads((tmp_path / "b" / "eval.json").read_text())["accuracy"]
     assert other != first  # another seed: another split, head, adapter and order
 
+
+def test_two_processes_write_the_run_folder_once(tmp_path, topics_csv, tiny_bert):
+    """`--nproc 2` (gloo): rank 0 alone writes the run folder, logs and the evaluation; the other rank trains."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(__file__), "..", "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "chattune", "train", "--data", str(topics_csv), "--model", tiny_bert,
+         "--output", str(run), "--set", "task=classify", "--set", "method=full", "--set", "learning_rate=0.002",
+         "--set", "max_steps=4", "--set", "eval_steps=2", "--set", "logging_steps=1", "--set", "batch_size=4",
+         "--nproc", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["global_batch_size"] == 8 and metrics["steps"] == 4
+    assert done.stderr.count("data: 116 train") == 1 and done.stderr.count("classification: accuracy") == 1
+    assert done.stdout.count("run folder:") == 1
+    assert len(list((run / "tensorboard").iterdir())) == 1
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in logged if "loss" in row] == [1, 2, 3, 4]
+    assert [row["step"] for row in logged if "eval_loss" in row] == [2, 4]
+    assert json.loads((run / "eval.json").read_text())["data"]["examples"] == 28
+    assert (run / "model" / "config.json").is_file() and not (run / "checkpoints").exists()
+    assert sorted(path.name for path in run.iterdir() if path.name.startswith(".")) == []  # no leftover temp files
