@@ -86,6 +86,9 @@ def tune(config: str, output: Path, *, trials: int, space_file: str | None = Non
         raise InputError(f"--jobs {jobs}: give a number of processes of at least 1")
     space = read_space(Path(space_file)) if space_file else DEFAULT_SPACE
     search = Search(config, list(overrides), space, output, timeout_minutes)
+    if jobs > 1:  # the cheap refusals first, then bad data fails before a study exists that would need --resume
+        _check_study_file(output, resume)
+        _prepare_data(base)
     study = _open_study(output, resume, base.seed, parallel=jobs > 1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if jobs == 1:
@@ -93,7 +96,6 @@ def tune(config: str, output: Path, *, trials: int, space_file: str | None = Non
         return _write_results(study, config, list(overrides), output)
     from chattune.train.tune_jobs import run_workers
 
-    _prepare_data(base)
     stopped, error = run_workers(work, search, trials, jobs, base.seed, console)
     _fail_orphans(study)  # a killed worker left its trial RUNNING; no worker runs now
     result = _write_results(study, config, list(overrides), output)
@@ -143,12 +145,16 @@ def read_space(path: Path) -> dict:
     return space
 
 
-def _open_study(output: Path, resume: bool, seed: int, *, parallel: bool):
+def _check_study_file(output: Path, resume: bool) -> None:
     storage = output / STUDY_FILE
     if storage.exists() and not resume:
         raise InputError(f"{output}: holds a study; pass --resume to add trials to it, or choose another --output")
     if resume and not storage.exists():
         raise InputError(f"{output}: no {STUDY_FILE} to resume; start a new study without --resume")
+
+
+def _open_study(output: Path, resume: bool, seed: int, *, parallel: bool):
+    _check_study_file(output, resume)
     output.mkdir(parents=True, exist_ok=True)
     study = connect_study(output, seed, parallel=parallel)
     _fail_orphans(study)  # opened before any trial of this call starts: every RUNNING trial's process is gone
