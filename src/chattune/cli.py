@@ -178,13 +178,19 @@ def cmd_tune(args) -> None:
     from chattune.train.tune import tune
 
     result = tune(args.config, Path(args.output), trials=args.trials, space_file=args.space,
-                  timeout_minutes=args.timeout, resume=args.resume, overrides=args.set, console=Console(stderr=True))
+                  timeout_minutes=args.timeout, resume=args.resume, overrides=args.set, jobs=args.jobs,
+                  console=Console(stderr=True))
     if result.best_number < 0:
         print(f"no trial finished; see {result.folder / 'trials.csv'}")
-        return
-    baseline = f" (trial 0, the config as given: {result.baseline_perplexity:.3f})" if result.baseline_perplexity else ""
-    print(f"best trial {result.best_number}: held-out perplexity {result.best_perplexity:.3f}{baseline}\n"
-          f"  report: {result.folder / 'report.html'}\n  train:  chattune train {result.folder / 'best.yaml'}")
+    else:
+        baseline = (f" (trial 0, the config as given: {result.baseline_perplexity:.3f})"
+                    if result.baseline_perplexity else "")
+        print(f"best trial {result.best_number}: held-out perplexity {result.best_perplexity:.3f}{baseline}\n"
+              f"  report: {result.folder / 'report.html'}\n  train:  chattune train {result.folder / 'best.yaml'}")
+    if result.stopped_workers:  # the results of the trials that finished are written; the caller must still know
+        for line in result.stopped_workers:
+            print(f"chattune: tune worker {line}; a trial it was running is marked failed", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def _align_config(args):
@@ -429,6 +435,8 @@ def _add_tune_parser(verbs) -> None:
                       "weight decay, warm-up ratio; README Tune)")
     tune.add_argument("--output", default="runs/tune", help="study folder (default runs/tune)")
     tune.add_argument("--timeout", type=float, metavar="MIN", help="start no new trial after MIN minutes")
+    tune.add_argument("--jobs", type=int, default=1, metavar="N", help="run trials in N processes sharing the study "
+                      "(each pinned to cores // N cores, with as many torch threads; default 1)")
     tune.add_argument("--resume", action="store_true", help="add trials to the study in --output")
     tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config key for every trial (repeatable)")

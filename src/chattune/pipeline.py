@@ -34,7 +34,7 @@ def train_and_evaluate(cfg: TaskConfig, run: Path, *, resume: bool = False, over
     return _chat(cfg, run, resume, overwrite, merge, console)
 
 
-def _chat(cfg: ChatConfig, run: Path, resume: bool, overwrite: bool, merge: bool, console: Console) -> dict:
+def _chat(cfg: ChatConfig, run: Path, resume: bool, overwrite: bool, merge: bool, console: Console) -> dict | None:
     from chattune.evaluate.run import evaluate_run
     from chattune.train.sft import train
 
@@ -49,11 +49,12 @@ def _chat(cfg: ChatConfig, run: Path, resume: bool, overwrite: bool, merge: bool
     return {"run": run, "task": cfg.task, "metrics": folder.metrics(), "evaluation": evaluation}
 
 
-def _classify(cfg: ClassifyConfig, run: Path, overwrite: bool, console: Console) -> dict:
+def _classify(cfg: ClassifyConfig, run: Path, overwrite: bool, console: Console) -> dict | None:
     from chattune.evaluate.classify import evaluate_classifier
     from chattune.train.classify import train_classifier
 
-    train_classifier(cfg, run, overwrite=overwrite, console=console)
+    if train_classifier(cfg, run, overwrite=overwrite, console=console) is None:
+        return None  # a rank other than 0 of a distributed launch: rank 0 evaluates and reports
     folder = Run.open(run)
     return {"run": run, "task": cfg.task, "metrics": folder.metrics(),
             "evaluation": evaluate_classifier(folder, console=console)}

@@ -27,20 +27,26 @@ from chattune.evaluate.classification import classification_scores, majority_lab
 from chattune.files import atomic_write_json
 from chattune.runs import Run
 from chattune.train.callbacks import RichProgress
-from chattune.train.common import add_lora, build_trainer, cleanup_on_failure, prepare_run_folder, save_weights
+from chattune.train.common import (add_lora, build_trainer, cleanup_on_failure, global_batch, prepare_run_folder,
+                                   save_weights, seed_everything)
+from chattune.train.distributed import is_main_process, process_state
 
 
 def train_classifier(cfg: ClassifyConfig, run: Path, *, overwrite: bool = False,
-                     console: Console | None = None) -> Path:
+                     console: Console | None = None) -> Path | None:
+    """Train into `run`; None on the ranks other than 0 of a distributed launch (rank 0 writes and evaluates)."""
     from transformers import DataCollatorWithPadding
 
     console = console or Console(stderr=True)
     started = time.time()
     prepare_run_folder(run, resume=False, overwrite=overwrite)
     folder = Run(run)
+    main = is_main_process()  # only rank 0 of a distributed launch writes
     with cleanup_on_failure(run, fresh=True):
-        save_config(cfg, folder.config_path)
-        train_rows, eval_rows, report = load_labelled_split(cfg)
+        if main:
+            save_config(cfg, folder.config_path)
+        seed_everything(cfg.seed)  # before the new head and the LoRA adapter draw their initial weights
+        train_rows, eval_rows, report = load_labelled_split(cfg)  # every rank reads the same seeded split
         labels = _labels(cfg, train_rows, eval_rows)
         label_ids = {label: index for index, label in enumerate(labels)}
         model, tokenizer = _load_classifier(cfg.model, labels)
@@ -48,20 +54,29 @@ def train_classifier(cfg: ClassifyConfig, run: Path, *, overwrite: bool = False,
         tokenizer.model_max_length = max_length  # saved with RUN/model: predict cuts texts exactly as training did
         train_set, eval_set = (_encode(tokenizer, rows, label_ids, max_length) for rows in (train_rows, eval_rows))
         report.update(_label_report(labels, train_rows, train_set))
-        atomic_write_json(folder.data_report_path, report)
-        console.print(f"data: {len(train_rows)} train / {len(eval_rows)} eval texts, {len(labels)} labels; "
-                      f"majority label {report['majority_label']!r}")
+        if main:
+            atomic_write_json(folder.data_report_path, report)
+            console.print(f"data: {len(train_rows)} train / {len(eval_rows)} eval texts, {len(labels)} labels; "
+                          f"majority label {report['majority_label']!r}")
+        model.to(process_state().device)  # this rank's GPU under torchrun, else the one GPU or the CPU
         if cfg.method == "lora":
             model = add_lora(model, cfg, task_type="SEQ_CLS")
         trainer = build_trainer(cfg, run, model, tokenizer, train_set, eval_set, DataCollatorWithPadding(tokenizer),
                                 ClassifyProgress(console), compute_metrics=_compute_metrics,
-                                metric_for_best_model="accuracy", greater_is_better=True)  # what users care about
+                                metric_for_best_model="accuracy", greater_is_better=True,  # what users care about
+                                # without use_cpu, TrainingArguments on a CPU-only machine did not join the
+                                # launch's gloo group: 2 processes trained with world_size 1
+                                use_cpu=model.device.type == "cpu",
+                                dataloader_pin_memory=model.device.type == "cuda")
         trainer.train()
+    if not main:
+        return None
     model = trainer.model.merge_and_unload() if cfg.method == "lora" else trainer.model  # the best checkpoint
     save_weights(model, tokenizer, folder.model_dir)
     shutil.rmtree(folder.checkpoints_dir, ignore_errors=True)  # RUN/model is the best one; classifiers never resume
     atomic_write_json(folder.metrics_path, {"steps": trainer.state.global_step,
                                             "best_eval_accuracy": trainer.state.best_metric,
+                                            **global_batch(trainer),
                                             "train_seconds": round(time.time() - started, 1)})
     return run
 
