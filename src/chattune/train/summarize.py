@@ -58,11 +58,11 @@ def train_summarizer(cfg: SummarizeConfig, run: Path, *, resume: bool = False, o
         seq2seq = model.config.is_encoder_decoder
         train_set, _ = encode(cfg, model, tokenizer, train_pairs, report, "train")
         eval_set, eval_pairs = encode(cfg, model, tokenizer, eval_pairs, report, "eval")
-        if main:
+        if main:  # one report and one line per launch, not one per rank
             atomic_write_json(folder.data_report_path, report)
-        console.print(f"data: {len(train_set)} train / {len(eval_set)} eval pairs, "
-                      f"{report['train_tokens']['trained_total']} trained summary tokens; "
-                      f"{'seq2seq' if seq2seq else 'causal LM'} model {cfg.model}")
+            console.print(f"data: {len(train_set)} train / {len(eval_set)} eval pairs, "
+                          f"{report['train_tokens']['trained_total']} trained summary tokens; "
+                          f"{'seq2seq' if seq2seq else 'causal LM'} model {cfg.model}")
         model.to(process_state().device)  # this rank's GPU under torchrun, else the one GPU or the CPU
         if cfg.method == "lora":
             model = add_lora(model, cfg, "SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM")
