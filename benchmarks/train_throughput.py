@@ -166,16 +166,17 @@ def measured_training(trainer, warmup: int) -> dict:
     trainer.data_collator = meter
     trainer.add_callback(timing_callback(meter))
     trainer.train()
-    return summarise(meter, warmup)
+    return summarise(meter, warmup, trainer.args.gradient_accumulation_steps)
 
 
-def summarise(meter: Meter, warmup: int) -> dict:
-    # batch i is consumed by step i; steps after the warm-up are timed from the end of step `warmup`
-    timed = meter.batches[warmup : len(meter.step_ends)]
+def summarise(meter: Meter, warmup: int, accumulation: int = 1) -> dict:
+    """Tokens/s of the steps after `warmup`. Step i consumes the micro-batches [i * accumulation, (i + 1) *
+    accumulation): counting one batch per step undercounted a split batch (memory=balanced) by that factor."""
+    timed = meter.batches[warmup * accumulation : len(meter.step_ends) * accumulation]
     seconds = meter.step_ends[-1] - meter.step_ends[warmup - 1]
     totals = {key: sum(batch[key] for batch in timed) for key in ("all", "real", "targets")}
     return {
-        "steps_timed": len(timed),
+        "steps_timed": len(meter.step_ends) - warmup,
         "seconds": round(seconds, 2),
         "real_tokens_per_s": totals["real"] / seconds,
         "target_tokens_per_s": totals["targets"] / seconds,
