@@ -7,7 +7,8 @@
 Both trainers get identical data (a fixed chitchat slice, split as chattune splits it), the same model, LoRA
 settings, max length, batch size, optimizer (AdamW), learning rate and number of steps; everything else is each
 trainer's default (TRL 1.x: bf16 autocast and gradient checkpointing on, no packing, loss on all tokens;
-chattune: packing, target-only LM head, bf16 where native, memory=balanced, loss on assistant tokens). Each run
+chattune: packing, target-only LM head, bf16 where native, loss on assistant tokens; one row with the default
+memory mode and one with memory=balanced). Each run
 happens in a fresh subprocess (so peak RSS is its own), in alternation, and the first `--warmup` steps are not timed.
 
 TRL gets two rows: its defaults as they behave on this machine (bf16=True; on a CPU without native bf16 that is
@@ -39,10 +40,14 @@ MODEL = "smollm2-135m-instruct"
 
 # --ablate: chattune LoRA with one speed trick turned off at a time (config overrides, or the plain model loss)
 ABLATIONS = {"all tricks": [], "no packing": ["packing=false"], "full LM head": "plain-loss",
-             "memory=fast": ["memory=fast"], "memory=low": ["memory=low"], "lora dropout 0.05": ["lora.dropout=0.05"],
+             "memory=fast": ["memory=fast"], "memory=balanced": ["memory=balanced"], "memory=low": ["memory=low"],
+             "lora dropout 0.05": ["lora.dropout=0.05"],
              "compile": ["compile=true"]}
 BF16_ABLATION = {"fp32 (no bf16)": ["precision=fp32"]}  # only where the CPU has native bf16
-PRECISIONS = {"fp32": ["precision=fp32"], "bf16": ["precision=bf16"]}  # the main table's chattune rows
+# the main table's chattune rows: each precision with the default memory mode, and with memory=balanced
+PRECISIONS = {"fp32": ["precision=fp32"], "bf16": ["precision=bf16"],
+              "fp32 balanced": ["precision=fp32", "memory=balanced"],
+              "bf16 balanced": ["precision=bf16", "memory=balanced"]}
 
 
 def shared_config(args, method: str, extra: list[str] = ()):
@@ -166,16 +171,17 @@ def measured_training(trainer, warmup: int) -> dict:
     trainer.data_collator = meter
     trainer.add_callback(timing_callback(meter))
     trainer.train()
-    return summarise(meter, warmup)
+    return summarise(meter, warmup, trainer.args.gradient_accumulation_steps)
 
 
-def summarise(meter: Meter, warmup: int) -> dict:
-    # batch i is consumed by step i; steps after the warm-up are timed from the end of step `warmup`
-    timed = meter.batches[warmup : len(meter.step_ends)]
+def summarise(meter: Meter, warmup: int, accumulation: int = 1) -> dict:
+    """Tokens/s of the steps after `warmup`. Step i consumes the micro-batches [i * accumulation, (i + 1) *
+    accumulation): counting one batch per step undercounted a split batch (memory=balanced) by that factor."""
+    timed = meter.batches[warmup * accumulation : len(meter.step_ends) * accumulation]
     seconds = meter.step_ends[-1] - meter.step_ends[warmup - 1]
     totals = {key: sum(batch[key] for batch in timed) for key in ("all", "real", "targets")}
     return {
-        "steps_timed": len(timed),
+        "steps_timed": len(meter.step_ends) - warmup,
         "seconds": round(seconds, 2),
         "real_tokens_per_s": totals["real"] / seconds,
         "target_tokens_per_s": totals["targets"] / seconds,
@@ -271,7 +277,8 @@ def main() -> None:
     rows, stalled = [], []
     for method in ["lora"] + ([] if args.skip_full else ["full"]):
         runs = [("TRL SFTTrainer defaults", run_trl, (True,)), ("TRL bf16=False", run_trl, (False,))]
-        runs += [(f"chattune {precision}", run_chattune, (precision,)) for precision in precisions]
+        runs += [(f"chattune {precision}{mode}", run_chattune, (precision + mode,))
+                 for precision in precisions for mode in ("", " balanced")]
         for name, target, extra in runs:
             emulated = target is run_trl and extra[0] and not native_bf16
             result = in_subprocess(target, args, method, *extra, timeout=args.stall_budget if emulated else None)

@@ -40,3 +40,14 @@ def test_useful_flops_count_the_head_only_for_trained_tokens():
     row = {"real_tokens_per_s": 10.0, "target_tokens_per_s": 2.0}
     assert train_throughput.useful_flops_per_s(row, "lora", shape) == 4 * (10 * 100 + 2 * 1000)
     assert train_throughput.useful_flops_per_s(row, "full", shape) == 6 * (10 * 100 + 2 * 1000)
+
+
+def test_throughput_counts_every_micro_batch_of_an_accumulated_step():
+    meter = train_throughput.Meter(collator=None)
+    # 3 optimizer steps of 2 micro-batches each, 100 real tokens per micro-batch, one batch prefetched past the end
+    meter.batches = [{"all": 128, "real": 100, "targets": 40} for _ in range(7)]
+    meter.step_ends = [10.0, 20.0, 30.0]
+    row = train_throughput.summarise(meter, warmup=1, accumulation=2)
+    assert row["steps_timed"] == 2 and row["seconds"] == 20.0
+    assert row["real_tokens_per_s"] == 4 * 100 / 20.0  # 2 steps x 2 micro-batches, not 2 micro-batches
+    assert row["target_tokens_per_s"] == 4 * 40 / 20.0 and row["all_tokens_per_s"] == 4 * 128 / 20.0

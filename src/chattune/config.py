@@ -172,9 +172,10 @@ class ChatConfig(TrainConfig):
     packing: bool = True  # pack conversations into max_length rows without cross-attention: no compute on padding
     precision: str = "auto"  # "auto": bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32
     compile: bool = False  # torch.compile the decoder layers: ~1 min up front, then faster steps (see README Speed)
-    # Activations of a training step (train/memory.py): "fast" keeps them all (glibc left alone: fastest, ~8 GB for
-    # the demo); "balanced" splits batches and checkpoints just enough layers to hold them under 1.5 GB, and returns
-    # freed tensors to the OS (the demo peaks at 2.9 GB, but its steps take ~1.4x longer); "low" checkpoints every layer
+    # Activations of a training step (train/memory.py): "fast" keeps them all (~6.4 GB peak for a LoRA step of
+    # 8 x 256 tokens on SmolLM2-135M); "balanced" splits batches into micro-batches of 512 tokens and checkpoints
+    # just enough layers to hold them under 768 MB (2.8 GB peak, ~15% slower on 2 cores); "low" checkpoints every
+    # layer and returns freed tensors to the OS (slowest)
     memory: str = "fast"
     # After training, base and tuned models reply to this many held-out conversations for BLEU/ROUGE/toxicity/
     # relevance with bootstrap intervals (RUN/eval.json, RUN/report.html); 0 skips it. 64 pairs take ~1 min for
