@@ -8,7 +8,7 @@ Both trainers get identical data (a fixed chitchat slice, split as chattune spli
 settings, max length, batch size, optimizer (AdamW), learning rate and number of steps; everything else is each
 trainer's default (TRL 1.x: bf16 autocast and gradient checkpointing on, no packing, loss on all tokens;
 chattune: packing, target-only LM head, bf16 where native, loss on assistant tokens; one row with the default
-memory mode and one with memory=balanced). Each run
+memory mode, balanced, and one with memory=fast). Each run
 happens in a fresh subprocess (so peak RSS is its own), in alternation, and the first `--warmup` steps are not timed.
 
 TRL gets two rows: its defaults as they behave on this machine (bf16=True; on a CPU without native bf16 that is
@@ -44,10 +44,10 @@ ABLATIONS = {"all tricks": [], "no packing": ["packing=false"], "full LM head": 
              "lora dropout 0.05": ["lora.dropout=0.05"],
              "compile": ["compile=true"]}
 BF16_ABLATION = {"fp32 (no bf16)": ["precision=fp32"]}  # only where the CPU has native bf16
-# the main table's chattune rows: each precision with the default memory mode, and with memory=balanced
+# the main table's chattune rows: each precision with the default memory mode (balanced), and with memory=fast
 PRECISIONS = {"fp32": ["precision=fp32"], "bf16": ["precision=bf16"],
-              "fp32 balanced": ["precision=fp32", "memory=balanced"],
-              "bf16 balanced": ["precision=bf16", "memory=balanced"]}
+              "fp32 fast": ["precision=fp32", "memory=fast"],
+              "bf16 fast": ["precision=bf16", "memory=fast"]}
 
 
 def shared_config(args, method: str, extra: list[str] = ()):

@@ -154,3 +154,13 @@ def test_training_warns_when_the_estimated_peak_exceeds_free_memory(tiny_llama, 
     text = console.export_text()
     assert "memory=fast: 0/2 layers checkpointed" in text
     assert "warning: training needs ~" in text and "set memory=low" in text
+
+
+def test_balanced_budget_is_fixed_on_cpu_and_half_the_free_memory_on_a_gpu(monkeypatch):
+    import torch
+
+    from chattune.train.memory import BALANCED_ACTIVATION_BYTES, activation_budget
+
+    assert activation_budget(torch.device("cpu")) == BALANCED_ACTIVATION_BYTES
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * 2**30, 80 * 2**30))
+    assert activation_budget(torch.device("cuda", 0)) == 20 * 2**30

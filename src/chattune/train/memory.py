@@ -105,6 +105,16 @@ def saved_bytes_per_token(model, tokens: int = 64) -> tuple[float, float]:
     return sum(storages.values()) / tokens / layers, hidden.element_size() * hidden.shape[-1]
 
 
+def activation_budget(device) -> int:
+    """What `balanced` lets a step's activations take: BALANCED_ACTIVATION_BYTES of a machine's RAM, or on a GPU
+    half of its free memory (a GPU's whole point is large batches; splitting them there only loses speed)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 2
+    return BALANCED_ACTIVATION_BYTES
+
+
 def plan_memory(model, mode: str, *, rows: int, row_tokens: int, budget: int = BALANCED_ACTIVATION_BYTES) -> MemoryPlan:
     """How to hold the activations of a batch of `rows` x `row_tokens` tokens: everything (fast); every layer
     checkpointed (low); or, for balanced, the batch split into micro-batches (down to MIN_MICRO_BATCH_TOKENS) and

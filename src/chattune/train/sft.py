@@ -31,8 +31,8 @@ from chattune.train.callbacks import RichProgress
 from chattune.train.common import (add_lora, build_trainer, cleanup_on_failure, global_batch, prepare_run_folder,
                                    save_model, seed_everything, train_or_finish)
 from chattune.train.distributed import is_main_process, process_state
-from chattune.train.memory import (apply_memory_plan, available_bytes, estimate_peak_bytes, peak_rss_mb, plan_memory,
-                                   release_freed_memory)
+from chattune.train.memory import (activation_budget, apply_memory_plan, available_bytes, estimate_peak_bytes,
+                                   peak_rss_mb, plan_memory, release_freed_memory)
 from chattune.train.fast import (LOSS_CHUNK_TOKENS, PLAIN_HEAD_MODEL_TYPES, FastTrainer, PackedCollator, bf16_supported,
                                  compile_decoder_layers, pack_examples, supports_target_only_loss)
 
@@ -127,7 +127,8 @@ def use_bf16(precision: str, device) -> bool:
 def fit_memory(cfg: ChatConfig, model, console) -> dict:
     """Checkpoint the layers `cfg.memory` asks for, warn when the estimated peak exceeds the free memory, and return
     the TrainingArguments of the micro-batch it chose."""
-    plan = plan_memory(model, cfg.memory, rows=cfg.batch_size, row_tokens=cfg.max_length)
+    plan = plan_memory(model, cfg.memory, rows=cfg.batch_size, row_tokens=cfg.max_length,
+                       budget=activation_budget(model.device))
     apply_memory_plan(model, plan)
     if cfg.memory == "low":  # memory before speed: freed tensors leave RSS, at a page fault per 4 KiB reused
         release_freed_memory()
