@@ -54,8 +54,8 @@ def prompts_and_rewards(cfg, tokenizer):
 class RolloutMeter:
     """Times TRL's generate call (`_generate_single_turn`) and every optimizer step of a trainer."""
 
-    def __init__(self, trainer, name: str):
-        self.rollouts, self.step_ends, self.name = [], [], name
+    def __init__(self, trainer, row: dict):
+        self.rollouts, self.step_ends, self.row = [], [], row  # row: the trainer's name, precision and settings
         generate = trainer._generate_single_turn
 
         def timed(*args, **kwargs):
@@ -82,7 +82,7 @@ class RolloutMeter:
         seconds, tokens = sum(r["seconds"] for r in rollouts), sum(r["tokens"] for r in rollouts)
         timed_steps = len(self.step_ends) - warmup
         step_seconds = self.step_ends[-1] - self.step_ends[warmup - 1] if timed_steps > 0 and warmup > 0 else None
-        return {"trainer": self.name, "rollouts_timed": len(rollouts), "rollout_seconds": round(seconds, 2),
+        return {**self.row, "rollouts_timed": len(rollouts), "rollout_seconds": round(seconds, 2),
                 "completion_tokens": tokens, "rollout_tokens_per_s": tokens / seconds,
                 "steps_timed": max(timed_steps, 0),
                 "steps_per_s": timed_steps / step_seconds if step_seconds else None}
@@ -102,14 +102,13 @@ def run_chattune(args, method: str = "lora") -> dict:
     model, tokenizer = load_model(cfg.model)
     dataset, _ = prompts_and_rewards(cfg, tokenizer)
     model = add_lora(model, cfg)  # what an align run continues: a PeftModel (TRL adds its frozen "ref" copy)
+    precision = "bf16" if use_bf16(cfg.precision, model.device) else "fp32"
     with tempfile.TemporaryDirectory() as run:
         trainer = make_trainer(cfg, Path(run), model, tokenizer, dataset, RichProgress(Console(quiet=True)))
-        meter = RolloutMeter(trainer, "chattune")
+        meter = RolloutMeter(trainer, {"trainer": "chattune", "precision": precision, "settings": (
+            f"precision={precision}, gradient_checkpointing=False, LoRA merged for rollouts")})
         trainer.train()
-    bf16 = use_bf16(cfg.precision, model.device)
-    return {**meter.summary(args.warmup), "precision": "bf16" if bf16 else "fp32",
-            "settings": f"precision={'bf16' if bf16 else 'fp32'}, gradient_checkpointing=False, LoRA merged for "
-                        "rollouts"}
+    return meter.summary(args.warmup)
 
 
 def run_trl(args, method: str, bf16: bool) -> dict:
@@ -135,12 +134,13 @@ def run_trl(args, method: str, bf16: bool) -> dict:
                             bf16=bf16)
         trainer = GRPOTrainer(model=model, reward_funcs=[f for f, _ in rewards], args=config, train_dataset=dataset,
                               processing_class=tokenizer, peft_config=lora_config(cfg))
-        meter = RolloutMeter(trainer, name)
-        trainer.train()
-    return {**meter.summary(args.warmup), "precision": "bf16" if bf16 else "fp32", "bf16_emulated": emulated,
+        meter = RolloutMeter(trainer, {
+            "trainer": name, "precision": "bf16" if bf16 else "fp32", "bf16_emulated": emulated,
             "settings": f"GRPOConfig defaults{'' if bf16 else ' but bf16=False'}: bf16={config.bf16}"
                         f"{' (emulated: no native bf16)' if emulated else ''}, gradient_checkpointing="
-                        f"{config.gradient_checkpointing}"}
+                        f"{config.gradient_checkpointing}"})
+        trainer.train()
+    return meter.summary(args.warmup)
 
 
 def main() -> None:

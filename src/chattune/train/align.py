@@ -12,8 +12,9 @@ frozen reference copy left out) -> metrics.json. Returns what the before/after e
 (chattune.evaluate.align, called by chattune.pipeline).
 
 Speed: rollouts are TRL's one `generate` call per step for all k completions of all its prompts, over a KV cache, in
-the parent's precision choice (fp32 on CPUs without native bf16) and without gradient checkpointing, where TRL's
-defaults turn on bf16 autocast and checkpointing (not yet measured side by side: no benchmark row exists).
+the parent's precision choice (fp32 on CPUs without native bf16), without gradient checkpointing, and with the LoRA
+adapter merged into the base weights while they decode (merged_rollouts), where TRL's defaults turn on bf16 autocast
+and checkpointing and decode through the unmerged adapter. benchmarks/align_throughput.py measures both side by side.
 """
 
 from __future__ import annotations
