@@ -104,15 +104,16 @@ def word_rate(run, samples_per_context: int = 32) -> tuple[int, int]:
 
 
 def test_a_reward_for_a_word_makes_the_policy_say_it_more(parent, tmp_path, monkeypatch):
-    """The reward reaches the update: a user reward (module:function) of 1 for replies containing WORD, 8 GRPO steps,
+    """The reward reaches the update: a user reward (module:function) of 1 for replies containing WORD, 10 GRPO steps,
     and the aligned model's seeded samples contain it more often than the parent's, by a margin no draw explains
     (two-proportion z > 4 over 512 replies each)."""
     (tmp_path / "word_reward.py").write_text(WORD_REWARD)
     monkeypatch.syspath_prepend(str(tmp_path))
     run = tmp_path / "grpo"
     assert main(["align", str(parent), "--method", "grpo", "--output", str(run), "--set", "batch_size=32",
-                 "--set", "num_generations=8", "--set", "max_new_tokens=16", "--set", "max_steps=8",
-                 "--set", "learning_rate=0.05", "--set", "beta=0.0", "--set", "precision=fp32",
+                 "--set", "num_generations=8", "--set", "max_new_tokens=16", "--set", "max_steps=10",
+                 "--set", "learning_rate=0.05", "--set", "lr_scheduler=constant", "--set", "warmup_ratio=0.0",
+                 "--set", "beta=0.0", "--set", "precision=fp32",
                  "--set", "eval_prompts=0", "--set", "rewards={'word_reward:says_word': 1.0}"]) == 0
     (before, n), (after, _) = word_rate(parent), word_rate(run)
     pooled = (before + after) / (2 * n)
