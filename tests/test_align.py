@@ -79,17 +79,17 @@ def test_rl_continues_the_adapter_and_logs_rewards_and_kl(parent, tmp_path, meth
     assert all(torch.equal(base[name], original[name]) for name in original if name in base)
 
 
-WORD = "you"  # the tiny parent says it in ~10% of its 16-token sampled replies (measured: 0.105 over 512, seed 123)
-WORD_REWARD = f"""
-def says_word(completions, **_):
+WORDS = ("you", "pizza")  # each said now and then in the tiny parent's sampled replies, neither in most
+WORD_REWARDS = "".join(f"""
+def says_{word}(completions, **_):
     texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-    return [float({WORD!r} in text) for text in texts]
-"""
+    return [float(len(re.findall(r"\\b{word}\\b", text))) for text in texts]
+""" for word in WORDS)
 
 
-def word_rate(run, samples_per_context: int = 32) -> tuple[int, int]:
-    """How many of the run's seeded sampled replies contain WORD, out of how many: the rollouts' own sampling
-    (temperature 1, no top-p/top-k, 16 tokens), 32 replies to each of the parent's 16 kinds of context."""
+def parent_replies(parent) -> list[tuple[list[dict], str]]:
+    """Seeded sampled replies of the parent (the rollouts' own sampling: temperature 1, 16 tokens), 16 to each of
+    its 16 kinds of context: the positions where the word probabilities are read."""
     from chattune.generate.batch import sampled_replies
     from chattune.generate.hf import load_hf_backend
     from chattune.generate.sampling import Sampling
@@ -98,27 +98,50 @@ def word_rate(run, samples_per_context: int = 32) -> tuple[int, int]:
     contexts += [[*context, {"role": "assistant", "content": "i am fine thanks and you"},
                   {"role": "user", "content": "what is your favourite food"}] for context in contexts]
     sampling = Sampling(temperature=1.0, top_p=1.0, top_k=0, no_repeat_ngram_size=0, max_new_tokens=16, seed=123)
-    replies = [reply.text for group in sampled_replies(load_hf_backend(str(run)), contexts, samples_per_context,
-                                                       sampling) for reply in group]
-    return sum(WORD in text for text in replies), len(replies)
+    groups = sampled_replies(load_hf_backend(str(parent)), contexts, 16, sampling)
+    return [(context, reply.text) for context, group in zip(contexts, groups) for reply in group]
+
+
+def word_probabilities(run, replies) -> dict[str, float]:
+    """Each word's mean probability (over its tokens with and without a leading space) at every position of the
+    fixed replies: deterministic, so a change is the update's and not a sampling draw's."""
+    from chattune.generate.hf import load_hf_backend
+
+    backend = load_hf_backend(str(run))
+    word_ids = {word: [index for index in range(len(backend.tokenizer)) if backend.decode([index]).strip() == word]
+                for word in WORDS}
+    assert all(word_ids.values())  # each word is a token of the tiny vocabulary
+    totals, positions = dict.fromkeys(WORDS, 0.0), 0
+    for context, text in replies:
+        prompt = backend.prompt_ids(context)
+        reply = backend.tokenizer(text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = backend.model(torch.tensor([prompt + reply])).logits[0, len(prompt) - 1:-1]
+        probabilities = logits.float().softmax(-1)
+        for word in WORDS:
+            totals[word] += probabilities[:, word_ids[word]].sum().item()
+        positions += len(reply)
+    return {word: total / positions for word, total in totals.items()}
 
 
 def test_a_reward_for_a_word_makes_the_policy_say_it_more(parent, tmp_path, monkeypatch):
-    """The reward reaches the update: a user reward (module:function) of 1 for replies containing WORD, 10 GRPO steps,
-    and the aligned model's seeded samples contain it more often than the parent's, by a margin no draw explains
-    (two-proportion z > 4 over 512 replies each)."""
-    (tmp_path / "word_reward.py").write_text(WORD_REWARD)
+    """The reward reaches the update: a user reward (module:function) counting "you" in each reply, 10 GRPO steps, and
+    the word's probability rises, over the parent's and over a control run rewarding "pizza" instead (the same update
+    with the reward pointed elsewhere). Measured over seeds 0/1/2: 1.84/1.47/1.40x the parent's, 2.07/1.52/1.48x the
+    control's; "pizza" itself (rarer) did not rise reliably under its own reward, so only "you" is asserted."""
+    (tmp_path / "word_rewards.py").write_text("import re\n" + WORD_REWARDS)
     monkeypatch.syspath_prepend(str(tmp_path))
-    run = tmp_path / "grpo"
-    assert main(["align", str(parent), "--method", "grpo", "--output", str(run), "--set", "batch_size=32",
-                 "--set", "num_generations=8", "--set", "max_new_tokens=16", "--set", "max_steps=10",
-                 "--set", "learning_rate=0.05", "--set", "lr_scheduler=constant", "--set", "warmup_ratio=0.0",
-                 "--set", "beta=0.0", "--set", "precision=fp32",
-                 "--set", "eval_prompts=0", "--set", "rewards={'word_reward:says_word': 1.0}"]) == 0
-    (before, n), (after, _) = word_rate(parent), word_rate(run)
-    pooled = (before + after) / (2 * n)
-    z = (after - before) / n / math.sqrt(pooled * (1 - pooled) * 2 / n)
-    assert z > 4, f"{WORD!r} in {before}/{n} sampled replies before, {after}/{n} after (z={z:.1f})"
+    replies = parent_replies(parent)
+    before, after = word_probabilities(parent, replies), {}
+    for word in WORDS:
+        run = tmp_path / word
+        assert main(["align", str(parent), "--method", "grpo", "--output", str(run), "--set", "batch_size=32",
+                     "--set", "num_generations=8", "--set", "max_new_tokens=16", "--set", "max_steps=10",
+                     "--set", "learning_rate=0.05", "--set", "lr_scheduler=constant", "--set", "warmup_ratio=0.0",
+                     "--set", "beta=0.0", "--set", "precision=fp32", "--set", "seed=0",
+                     "--set", "eval_prompts=0", "--set", f"rewards={{'word_rewards:says_{word}': 1.0}}"]) == 0
+        after[word] = word_probabilities(run, replies)["you"]
+    assert after["you"] > 1.3 * before["you"] and after["you"] > 1.3 * after["pizza"], (before, after)
 
 
 def _feedback_store(path) -> None:
