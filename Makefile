@@ -51,7 +51,7 @@ test: $(TEST_INSTALLED)
 	$(BIN)/python -m pytest -q
 
 bench: $(TEST_INSTALLED)
-	cd benchmarks && ../$(BIN)/python train_throughput.py && ../$(BIN)/python generate_throughput.py
+	cd benchmarks && ../$(BIN)/python train_throughput.py && ../$(BIN)/python align_throughput.py && ../$(BIN)/python generate_throughput.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -190,24 +190,48 @@ def summarise(meter: Meter, warmup: int, accumulation: int = 1) -> dict:
     }
 
 
+_PARTIAL = None  # in a child: the queue to the parent, for report_partial
+
+
+def report_partial(result: dict) -> None:
+    """In a child of in_subprocess: what has been measured so far, returned if the child is then killed (a row that
+    stalls still reports the rollouts it finished)."""
+    if _PARTIAL is not None:
+        _PARTIAL.put(("partial", result))
+
+
 def _child(target, args, method, extra, queue):
-    queue.put(target(args, method, *extra))
+    global _PARTIAL
+    _PARTIAL = queue
+    queue.put(("done", target(args, method, *extra)))
 
 
 def in_subprocess(target, args, method: str, *extra, timeout: float | None = None) -> dict | None:
-    """`target` in a fresh process (its own peak RSS); None when it has not finished within `timeout` seconds (it
-    is killed: an emulated-bf16 step can take minutes, and a step-end check cannot interrupt one)."""
+    """`target` in a fresh process (its own peak RSS). When it has not finished within `timeout` seconds it is
+    killed (an emulated-bf16 step can take minutes, and a step-end check cannot interrupt one), and the result is
+    the last one it reported with report_partial, marked with `stopped_after_s`, or None."""
     import queue as queues
 
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_child, args=(target, args, method, extra, queue))
     process.start()
-    try:
-        result = queue.get(timeout=timeout)
-    except queues.Empty:
-        process.kill()
-        result = None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    partial = None
+    while True:
+        try:  # a few seconds at a time: a child that died (its traceback is above) must not be waited on forever
+            kind, result = queue.get(timeout=5 if deadline is None else min(5, max(0.0, deadline - time.monotonic())))
+        except queues.Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"{target.__name__} {method} {extra}: the benchmark process died") from None
+            if deadline is None or time.monotonic() < deadline:
+                continue
+            process.kill()
+            result = None if partial is None else {**partial, "stopped_after_s": timeout}
+            break
+        if kind == "done":
+            break
+        partial = result
     process.join()
     return result
 

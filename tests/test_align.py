@@ -79,6 +79,71 @@ def test_rl_continues_the_adapter_and_logs_rewards_and_kl(parent, tmp_path, meth
     assert all(torch.equal(base[name], original[name]) for name in original if name in base)
 
 
+WORDS = ("you", "pizza")  # each said now and then in the tiny parent's sampled replies, neither in most
+WORD_REWARDS = "".join(f"""
+def says_{word}(completions, **_):
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return [float(len(re.findall(r"\\b{word}\\b", text))) for text in texts]
+""" for word in WORDS)
+
+
+def parent_replies(parent) -> list[tuple[list[dict], str]]:
+    """Seeded sampled replies of the parent (the rollouts' own sampling: temperature 1, 16 tokens), 16 to each of
+    its 16 kinds of context: the positions where the word probabilities are read."""
+    from chattune.generate.batch import sampled_replies
+    from chattune.generate.hf import load_hf_backend
+    from chattune.generate.sampling import Sampling
+
+    contexts = [[{"role": "user", "content": f"hello how are you {index}"}] for index in range(8)]
+    contexts += [[*context, {"role": "assistant", "content": "i am fine thanks and you"},
+                  {"role": "user", "content": "what is your favourite food"}] for context in contexts]
+    sampling = Sampling(temperature=1.0, top_p=1.0, top_k=0, no_repeat_ngram_size=0, max_new_tokens=16, seed=123)
+    groups = sampled_replies(load_hf_backend(str(parent)), contexts, 16, sampling)
+    return [(context, reply.text) for context, group in zip(contexts, groups) for reply in group]
+
+
+def word_probabilities(run, replies) -> dict[str, float]:
+    """Each word's mean probability (over its tokens with and without a leading space) at every position of the
+    fixed replies: deterministic, so a change is the update's and not a sampling draw's."""
+    from chattune.generate.hf import load_hf_backend
+
+    backend = load_hf_backend(str(run))
+    word_ids = {word: [index for index in range(len(backend.tokenizer)) if backend.decode([index]).strip() == word]
+                for word in WORDS}
+    assert all(word_ids.values())  # each word is a token of the tiny vocabulary
+    totals, positions = dict.fromkeys(WORDS, 0.0), 0
+    for context, text in replies:
+        prompt = backend.prompt_ids(context)
+        reply = backend.tokenizer(text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = backend.model(torch.tensor([prompt + reply])).logits[0, len(prompt) - 1:-1]
+        probabilities = logits.float().softmax(-1)
+        for word in WORDS:
+            totals[word] += probabilities[:, word_ids[word]].sum().item()
+        positions += len(reply)
+    return {word: total / positions for word, total in totals.items()}
+
+
+def test_a_reward_for_a_word_makes_the_policy_say_it_more(parent, tmp_path, monkeypatch):
+    """The reward reaches the update: a user reward (module:function) counting "you" in each reply, 10 GRPO steps, and
+    the word's probability rises, over the parent's and over a control run rewarding "pizza" instead (the same update
+    with the reward pointed elsewhere). Measured over seeds 0/1/2: 1.84/1.47/1.40x the parent's, 2.07/1.52/1.48x the
+    control's; "pizza" itself (rarer) did not rise reliably under its own reward, so only "you" is asserted."""
+    (tmp_path / "word_rewards.py").write_text("import re\n" + WORD_REWARDS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    replies = parent_replies(parent)
+    before, after = word_probabilities(parent, replies), {}
+    for word in WORDS:
+        run = tmp_path / word
+        assert main(["align", str(parent), "--method", "grpo", "--output", str(run), "--set", "batch_size=32",
+                     "--set", "num_generations=8", "--set", "max_new_tokens=16", "--set", "max_steps=10",
+                     "--set", "learning_rate=0.05", "--set", "lr_scheduler=constant", "--set", "warmup_ratio=0.0",
+                     "--set", "beta=0.0", "--set", "precision=fp32", "--set", "seed=0",
+                     "--set", "eval_prompts=0", "--set", f"rewards={{'word_rewards:says_{word}': 1.0}}"]) == 0
+        after[word] = word_probabilities(run, replies)["you"]
+    assert after["you"] > 1.3 * before["you"] and after["you"] > 1.3 * after["pizza"], (before, after)
+
+
 def _feedback_store(path) -> None:
     """Replies with thumbs and an edit, stored through the server's own store."""
     from chattune.serve.store import Store, StoredReply
@@ -129,3 +194,60 @@ def test_bad_preference_files_exit_2_with_one_line(parent, tmp_path, capsys, con
     error = capsys.readouterr().err.strip()
     assert error.startswith("chattune: error:") and message in error and "\n" not in error
     assert not (tmp_path / "x").exists()  # a failed run leaves no folder behind
+
+
+def test_merged_rollouts_decode_the_same_tokens_and_restore_the_base(tiny_llama, tmp_path):
+    """chattune's rollouts (TRL's generate call with the LoRA adapter merged) give the tokens TRL's own call gives,
+    greedy, and leave the base weights and the unmerged adapter as they were."""
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from chattune.train.align import merged_rollouts
+
+    torch.manual_seed(0)  # init_lora_weights=False: B is random too, so the adapter changes what is decoded
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama),
+                           LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    base = {name: weight.detach().clone() for name, weight in model.named_parameters() if "base_layer" in name}
+    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2,
+                      max_completion_length=12, bf16=False, use_cpu=True, report_to="none", beta=0.0)
+    trainer = merged_rollouts(GRPOTrainer)(
+        model=model, reward_funcs=[lambda completions, **_: [0.0] * len(completions)], args=args,
+        train_dataset=Dataset.from_list([{"prompt": "hi"}] * 4), processing_class=tokenizer)
+    trainer.generation_config.do_sample = False
+    prompts = [tokenizer(text)["input_ids"] for text in ("hello how are you", "what is your favourite food", "i")]
+    merged, _ = trainer._generate_single_turn(prompts, None, {}, 1)
+    plain, _ = GRPOTrainer._generate_single_turn(trainer, prompts, None, {}, 1)
+    with model.disable_adapter():
+        without_adapter, _ = GRPOTrainer._generate_single_turn(trainer, prompts, None, {}, 1)
+    assert merged == plain and all(len(ids) > 0 for ids in merged)
+    assert without_adapter != plain  # the adapter matters, so the merge is what makes the equality
+    weights = dict(model.named_parameters())
+    assert all(torch.allclose(weights[name], weight, atol=1e-6) for name, weight in base.items())
+    assert not any(getattr(module, "merged", False) for module in model.modules())
+
+
+def test_align_trainer_rollouts_in_fp32_without_checkpointing_where_bf16_is_emulated(parent, tmp_path):
+    """The trainer `chattune align` builds: the merged-rollout subclass of TRL's, and on a CPU without native bf16
+    fp32 and no gradient checkpointing, where TRL's defaults turn both on."""
+    import yaml
+    from rich.console import Console
+
+    from chattune.config import align_config
+    from chattune.runs import Run
+    from chattune.train.align import load_policy, make_trainer, prompt_dataset
+    from chattune.train.callbacks import RichProgress
+    from chattune.train.fast import bf16_supported
+
+    parent_values = yaml.safe_load((parent / "config.yaml").read_text())
+    overrides = [item for item in FAST if item not in ("--set", "precision=fp32")]
+    cfg = align_config(parent_values, str(parent), overrides=[*overrides, "precision=auto", "rewards={ending: 1.0}",
+                                                              "report_to=none"])
+    model, tokenizer = load_policy(Run.open(parent), cfg)
+    dataset = prompt_dataset([[{"role": "user", "content": "hello how are you"}]] * 4, {})
+    trainer = make_trainer(cfg, tmp_path, model, tokenizer, dataset, RichProgress(Console(quiet=True)))
+    assert type(trainer).__name__ == "MergedRolloutsGRPOTrainer"
+    assert not trainer.args.gradient_checkpointing
+    assert trainer.args.bf16 == bf16_supported(torch.device("cpu"))

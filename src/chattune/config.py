@@ -281,6 +281,8 @@ class AlignConfig(ChatConfig):
     toxic_prone: bool = False  # keep only contexts where the parent's sampled replies reach toxic_prone_threshold
     toxic_prone_threshold: float = 0.1  # max p(toxic) over the samples; chit-chat replies average ~0.05
     toxic_prone_samples: int = 4  # replies sampled per context to judge it (seeded apart from the evaluation's)
+    # score at most the first N training contexts with that filter (sampling them is the filter's cost); null: all
+    toxic_prone_contexts: int | None = None
     train_prompts: int | None = None  # train on at most N contexts (after the toxic-prone filter); null: all
     num_generations: int = 4  # completions per prompt (k); GRPO/RLOO score each against the others of its prompt
     max_new_tokens: int = 32  # longest completion; chit-chat replies end within ~25 tokens, and decoding is the cost
@@ -313,8 +315,9 @@ class AlignConfig(ChatConfig):
         _check(self.preferences is None or self.algorithm == "dpo", "preferences", self.preferences,
                "null unless algorithm is dpo (GRPO and RLOO reply to prompts: give those with `prompts`)")
         _check(self.toxic_prone_samples >= 1, "toxic_prone_samples", self.toxic_prone_samples, "a positive integer")
-        _check(self.train_prompts is None or self.train_prompts > 0, "train_prompts", self.train_prompts,
-               "a positive integer, or null for all")
+        for key in ("train_prompts", "toxic_prone_contexts"):
+            _check(getattr(self, key) is None or getattr(self, key) > 0, key, getattr(self, key),
+                   "a positive integer, or null for all")
         self._check_sampling()
 
     def _check_sampling(self) -> None:

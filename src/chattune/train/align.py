@@ -12,13 +12,15 @@ frozen reference copy left out) -> metrics.json. Returns what the before/after e
 (chattune.evaluate.align, called by chattune.pipeline).
 
 Speed: rollouts are TRL's one `generate` call per step for all k completions of all its prompts, over a KV cache, in
-the parent's precision choice (fp32 on CPUs without native bf16) and without gradient checkpointing, where TRL's
-defaults turn on bf16 autocast and checkpointing (not yet measured side by side: no benchmark row exists).
+the parent's precision choice (fp32 on CPUs without native bf16), without gradient checkpointing, and with the LoRA
+adapter merged into the base weights while they decode (merged_rollouts), where TRL's defaults turn on bf16 autocast
+and checkpointing and decode through the unmerged adapter. benchmarks/align_throughput.py measures both side by side.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,7 +78,8 @@ def align(cfg: AlignConfig, run: Path, *, overwrite: bool = False, console: Cons
         else:
             contexts = training_contexts(cfg, train_set)
             if cfg.toxic_prone:
-                contexts = toxic_prone(cfg, model, tokenizer, contexts, report, "train", console)
+                contexts = toxic_prone(cfg, model, tokenizer, contexts[: cfg.toxic_prone_contexts], report, "train",
+                                       console)
                 held_out = toxic_prone(cfg, model, tokenizer, held_out, report, "eval", console)
             dataset = prompt_dataset(contexts[: cfg.train_prompts], report)
         atomic_write_json(folder.data_report_path, report)
@@ -182,8 +185,8 @@ def make_trainer(cfg: AlignConfig, run: Path, model, tokenizer, dataset, progres
                              callbacks=callbacks)
     else:
         rewards = load_rewards(cfg.rewards, tokenizer, cfg)
-        arguments_class, trainer_class = (GRPOConfig, GRPOTrainer) if cfg.algorithm == "grpo" else \
-            (RLOOConfig, RLOOTrainer)
+        arguments_class, trainer_class = (GRPOConfig, merged_rollouts(GRPOTrainer)) if cfg.algorithm == "grpo" \
+            else (RLOOConfig, merged_rollouts(RLOOTrainer))
         args = trl_arguments(cfg, run, arguments_class, model.device, num_generations=cfg.num_generations,
                              max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature,
                              reward_weights=[weight for _, weight in rewards])
@@ -191,6 +194,37 @@ def make_trainer(cfg: AlignConfig, run: Path, model, tokenizer, dataset, progres
                                 train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # RichProgress prints instead of raw log dicts
     return trainer
+
+
+@contextmanager
+def merged_adapter(model):
+    """The active LoRA adapter folded into the base weights for the duration (peft's merge_adapter), then taken out
+    again (unmerge_adapter: the base weights come back within float rounding, ~1e-7 relative). A model without an
+    unmerged adapter is left as it is."""
+    merge = getattr(model, "merge_adapter", None)
+    if merge is None or any(getattr(module, "merged", False) for module in model.modules()):
+        yield model
+        return
+    merge()
+    try:
+        yield model
+    finally:
+        model.unmerge_adapter()
+
+
+def merged_rollouts(trainer_class):
+    """TRL's GRPOTrainer or RLOOTrainer whose rollouts decode with the LoRA adapter merged into the base weights.
+    Unmerged, every adapted linear layer runs three matmuls, a dropout and an add per decoded token; merged, one, as
+    a plain model decodes. The completions are the same tokens (tests/test_align.py); only `_generate_single_turn`,
+    TRL's one plain-`generate` call per step, changes, so the loss, the reference model and the logging stay TRL's."""
+
+    class MergedRollouts(trainer_class):
+        def _generate_single_turn(self, *args, **kwargs):
+            with merged_adapter(self.accelerator.unwrap_model(self.model)):
+                return super()._generate_single_turn(*args, **kwargs)
+
+    MergedRollouts.__name__ = MergedRollouts.__qualname__ = f"MergedRollouts{trainer_class.__name__}"
+    return MergedRollouts
 
 
 def save_policy(cfg: AlignConfig, folder: Run, model, tokenizer) -> None:
