@@ -41,8 +41,8 @@ from chattune.generate.sampling import Sampling
 from chattune.models import load_model, load_tokenizer
 from chattune.runs import Run
 from chattune.train.callbacks import RichProgress
-from chattune.train.common import (cleanup_on_failure, prepare_run_folder, save_weights, seed_everything,
-                                   shared_callbacks, training_arguments)
+from chattune.train.common import (cleanup_on_failure, device_arguments, prepare_run_folder, save_weights,
+                                   seed_everything, shared_callbacks, training_arguments)
 from chattune.train.rewards import load_rewards
 from chattune.train.sft import use_bf16
 
@@ -170,8 +170,7 @@ def trl_arguments(cfg: AlignConfig, run: Path, arguments_class, device, **method
         cfg, run, arguments_class=arguments_class,
         eval_strategy="no", save_strategy="no", load_best_model_at_end=False, metric_for_best_model=None,
         bf16=use_bf16(cfg.precision, device), gradient_checkpointing=False,
-        use_cpu=device.type == "cpu", dataloader_pin_memory=device.type == "cuda",
-        beta=cfg.beta, **method_arguments)
+        **device_arguments(device), beta=cfg.beta, **method_arguments)
 
 
 def make_trainer(cfg: AlignConfig, run: Path, model, tokenizer, dataset, progress):

@@ -63,11 +63,7 @@ def train_classifier(cfg: ClassifyConfig, run: Path, *, overwrite: bool = False,
             model = add_lora(model, cfg, task_type="SEQ_CLS")
         trainer = build_trainer(cfg, run, model, tokenizer, train_set, eval_set, DataCollatorWithPadding(tokenizer),
                                 ClassifyProgress(console), compute_metrics=_compute_metrics,
-                                metric_for_best_model="accuracy", greater_is_better=True,  # what users care about
-                                # without use_cpu, TrainingArguments on a CPU-only machine did not join the
-                                # launch's gloo group: 2 processes trained with world_size 1
-                                use_cpu=model.device.type == "cpu",
-                                dataloader_pin_memory=model.device.type == "cuda")
+                                metric_for_best_model="accuracy", greater_is_better=True)  # what users care about
         trainer.train()
     if not main:
         return None

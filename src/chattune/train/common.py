@@ -144,16 +144,24 @@ def training_arguments(cfg, run: Path, *, arguments_class=None, **task_arguments
     return (arguments_class or TrainingArguments)(**{**arguments, **task_arguments})
 
 
+def device_arguments(device) -> dict:
+    """The TrainingArguments that follow from where the model is. use_cpu: without it, TrainingArguments on a
+    CPU-only machine does not join a torchrun launch's gloo group (2 processes trained with world_size 1)."""
+    return {"use_cpu": device.type == "cpu", "dataloader_pin_memory": device.type == "cuda"}
+
+
 def build_trainer(cfg, run: Path, model, tokenizer, train_set, eval_set, collator, progress, *,
                   trainer_class=None, compute_metrics=None, callbacks=(), **task_arguments):
-    """A Trainer with the shared callbacks and early stop; `callbacks` adds a caller's own (tune's pruning)."""
+    """A Trainer with the shared callbacks and early stop; `callbacks` adds a caller's own (tune's pruning). The
+    device arguments come from where `model` is (device_arguments)."""
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer
 
     shared = shared_callbacks(cfg, run, progress)
     if cfg.early_stopping_patience > 0:
         shared.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = (trainer_class or Trainer)(
-        model=model, args=training_arguments(cfg, run, **task_arguments), data_collator=collator,
+        model=model, args=training_arguments(cfg, run, **device_arguments(model.device), **task_arguments),
+        data_collator=collator,
         train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer, compute_metrics=compute_metrics,
         callbacks=shared + list(callbacks))
     trainer.remove_callback(PrinterCallback)  # RichProgress prints instead of raw log dicts

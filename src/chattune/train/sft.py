@@ -168,8 +168,6 @@ def make_trainer(cfg: ChatConfig, run: Path, model, tokenizer, train_examples, e
         # packed rows are all ~max_length; unpacked, similar lengths together means less padding
         train_sampling_strategy="random" if cfg.packing else "group_by_length",
         bf16=bf16,
-        use_cpu=model.device.type == "cpu",
-        dataloader_pin_memory=model.device.type == "cuda",
         remove_unused_columns=False,  # the collators need every column (position_ids of packed rows)
         **micro_batch,
     )

@@ -117,11 +117,10 @@ def encode(cfg: SummarizeConfig, model, tokenizer, pairs: list[Pair], report: di
     return examples, kept
 
 
-def _device_arguments(cfg: SummarizeConfig, model) -> dict:
+def _precision_arguments(cfg: SummarizeConfig, model) -> dict:
     if cfg.precision == "bf16" and not bf16_supported(model.device):
         raise InputError(f"precision=bf16: this {model.device.type} has no native bf16; use precision=auto or fp32")
-    return dict(bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported(model.device)),
-                use_cpu=model.device.type == "cpu", dataloader_pin_memory=model.device.type == "cuda")
+    return dict(bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported(model.device)))
 
 
 def seq2seq_trainer(cfg: SummarizeConfig, run: Path, model, tokenizer, train_set, eval_set, progress):
@@ -135,7 +134,7 @@ def seq2seq_trainer(cfg: SummarizeConfig, run: Path, model, tokenizer, train_set
         DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX), progress,
         trainer_class=Seq2SeqTrainer, arguments_class=Seq2SeqTrainingArguments, predict_with_generate=False,
         train_sampling_strategy="group_by_length",  # similar lengths together: less padding
-        **_device_arguments(cfg, model))
+        **_precision_arguments(cfg, model))
 
 
 def causal_trainer(cfg: SummarizeConfig, run: Path, model, tokenizer, train_set, eval_set, progress):
@@ -151,5 +150,5 @@ def causal_trainer(cfg: SummarizeConfig, run: Path, model, tokenizer, train_set,
         trainer_class=FastTrainer if fast else None,
         train_sampling_strategy="random" if fast else "group_by_length",
         remove_unused_columns=False,  # the packed collator needs position_ids
-        **_device_arguments(cfg, model))
+        **_precision_arguments(cfg, model))
 
