@@ -1,6 +1,6 @@
 """GRPO throughput: TRL's GRPOTrainer with its defaults against chattune's align trainer, side by side in one run.
 
-    python benchmarks/align_throughput.py                   # 4 prompts x k=4, 32 new tokens, 1 + 3 steps; ~6 min
+    python benchmarks/align_throughput.py                   # 4 prompts x k=4, 32 new tokens, 1 + 3 steps; 12 min on 2 AVX2 cores
     python benchmarks/align_throughput.py --steps 5 --max-new-tokens 64
 
 All rows get the same model (SmolLM2-135M-Instruct with a fresh LoRA adapter of the same settings), the same
