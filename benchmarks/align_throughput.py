@@ -93,7 +93,6 @@ def run_chattune(args, method: str = "lora") -> dict:
 
     from chattune.models import load_model
     from chattune.train.align import make_trainer
-    from chattune.train.callbacks import RichProgress
     from chattune.train.common import add_lora, seed_everything
     from chattune.train.sft import use_bf16
 
@@ -104,9 +103,9 @@ def run_chattune(args, method: str = "lora") -> dict:
     model = add_lora(model, cfg)  # what an align run continues: a PeftModel (TRL adds its frozen "ref" copy)
     precision = "bf16" if use_bf16(cfg.precision, model.device) else "fp32"
     with tempfile.TemporaryDirectory() as run:
-        trainer = make_trainer(cfg, Path(run), model, tokenizer, dataset, RichProgress(Console(quiet=True)))
+        trainer = make_trainer(cfg, Path(run), model, tokenizer, dataset, Console(quiet=True))
         meter = RolloutMeter(trainer, {"trainer": "chattune", "precision": precision, "settings": (
-            f"precision={precision}, gradient_checkpointing=False, LoRA merged for rollouts")})
+            f"precision={precision}, memory={cfg.memory} micro-batches, LoRA merged for rollouts")})
         trainer.train()
     return meter.summary(args.warmup)
 

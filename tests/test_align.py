@@ -238,7 +238,6 @@ def test_align_trainer_rollouts_in_fp32_without_checkpointing_where_bf16_is_emul
     from chattune.config import align_config
     from chattune.runs import Run
     from chattune.train.align import load_policy, make_trainer, prompt_dataset
-    from chattune.train.callbacks import RichProgress
     from chattune.train.fast import bf16_supported
 
     parent_values = yaml.safe_load((parent / "config.yaml").read_text())
@@ -247,7 +246,89 @@ def test_align_trainer_rollouts_in_fp32_without_checkpointing_where_bf16_is_emul
                                                               "report_to=none"])
     model, tokenizer = load_policy(Run.open(parent), cfg)
     dataset = prompt_dataset([[{"role": "user", "content": "hello how are you"}]] * 4, {})
-    trainer = make_trainer(cfg, tmp_path, model, tokenizer, dataset, RichProgress(Console(quiet=True)))
+    trainer = make_trainer(cfg, tmp_path, model, tokenizer, dataset, Console(quiet=True))
     assert type(trainer).__name__ == "MergedRolloutsGRPOTrainer"
     assert not trainer.args.gradient_checkpointing
     assert trainer.args.bf16 == bf16_supported(torch.device("cpu"))
+
+
+def test_align_splits_the_loss_into_micro_batches_but_decodes_each_step_at_once(parent, tmp_path, monkeypatch):
+    """memory=balanced over a budget: the loss runs on micro-batches of the planned rows (the same optimizer step),
+    while TRL still generates all of a step's completions in one batch, and the prompts are cut to
+    max_prompt_tokens."""
+    import yaml
+    from rich.console import Console
+
+    from chattune.config import align_config
+    from chattune.runs import Run
+    from chattune.train import sft
+    from chattune.train.align import fitted_contexts, load_policy, make_trainer, prompt_dataset
+
+    monkeypatch.setattr(sft, "activation_budget", lambda device: 1)  # nothing fits: split as far as allowed
+    parent_values = yaml.safe_load((parent / "config.yaml").read_text())
+    cfg = align_config(parent_values, str(parent), overrides=[
+        "batch_size=8", "num_generations=4", "max_new_tokens=16", "max_prompt_tokens=240", "memory=balanced",
+        "rewards={ending: 1.0}", "report_to=none", "max_steps=1"])
+    model, tokenizer = load_policy(Run.open(parent), cfg)
+    long_context = [turn for index in range(40) for turn in (
+        {"role": "user", "content": f"tell me about the weather on day {index} please"},
+        {"role": "assistant", "content": f"day {index} was sunny and warm with a light breeze"})][:-1]
+    (fitted,) = fitted_contexts([long_context], tokenizer, cfg.prompt_tokens)
+    rendered = tokenizer.apply_chat_template(fitted, add_generation_prompt=True, tokenize=False)
+    assert fitted[0]["role"] == "user" and fitted[-1] == long_context[-1] and len(fitted) < len(long_context)
+    assert len(tokenizer(rendered, add_special_tokens=False)["input_ids"]) <= cfg.prompt_tokens
+    trainer = make_trainer(cfg, tmp_path, model, tokenizer, prompt_dataset([fitted] * 8, {}), Console(quiet=True))
+    # 8 rows of 256 tokens, halved while a micro-batch keeps >= 512 tokens: 2 rows x 4 accumulated
+    assert (trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps) == (2, 4)
+    assert trainer.args.generation_batch_size == 8
+    trainer.train()
+    assert trainer.state.global_step == 1
+
+
+def test_latest_turns_keep_whole_exchanges_and_the_system_turn():
+    from chattune.data.windows import latest_turns
+
+    context = [{"role": "system", "content": "s"}, {"role": "user", "content": "u1"},
+               {"role": "assistant", "content": "a1"}, {"role": "user", "content": "u2"},
+               {"role": "assistant", "content": "a2"}, {"role": "user", "content": "u3"}]
+    words = lambda turns: sum(len(turn["content"]) for turn in turns)  # noqa: E731 - 2 per turn
+    assert latest_turns(context, words, 12) == context
+    assert latest_turns(context, words, 7) == [context[0], *context[3:]]
+    assert latest_turns(context, words, 1) == [context[0], context[5]]  # the last exchange stays, even over
+
+
+def test_the_planned_checkpointing_survives_trl_turning_it_on_for_every_layer(tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    from chattune.train.memory import MemoryPlan, apply_memory_plan, decoder_layers, kept_checkpointing
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    layers = decoder_layers(model)
+    apply_memory_plan(model, MemoryPlan("balanced", 2, 1, len(layers), (0,), 0))
+    with kept_checkpointing(model):
+        model.gradient_checkpointing_disable()  # what TRL does around generation...
+        model.gradient_checkpointing_enable()  # ...and after it, for every layer and with its own arguments
+        assert all(layer.gradient_checkpointing for layer in layers)
+    assert [layer.gradient_checkpointing for layer in layers] == [True] + [False] * (len(layers) - 1)
+
+
+def test_sampled_replies_decode_short_contexts_together_and_answer_in_order():
+    from types import SimpleNamespace
+
+    from chattune.generate.batch import sampled_replies
+    from chattune.generate.sampling import Sampling
+
+    batches = []
+
+    class Backend:
+        def replies(self, rows, sampling):
+            batches.append([row[-1]["content"] for row in rows])
+            return [SimpleNamespace(text=f"{row[-1]['content']}@{sampling.seed + index}") for index, row in
+                    enumerate(rows)]
+
+    contexts = [[{"role": "user", "content": "x" * length}] for length in (30, 1, 20, 2)]
+    groups = sampled_replies(Backend(), contexts, 2, Sampling(seed=0), batch_rows=4)
+    assert batches == [["x", "x", "xx", "xx"], ["x" * 20] * 2 + ["x" * 30] * 2]  # the short ones share a batch
+    assert [[reply.text.split("@")[0] for reply in group] for group in groups] == [[c[0]["content"]] * 2 for c in
+                                                                                  contexts]
+    assert len({reply.text for group in groups for reply in group}) == 8  # every row its own seed

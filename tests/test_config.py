@@ -67,3 +67,19 @@ def test_a_run_folder_written_by_an_earlier_version_still_loads(tmp_path):
     assert Run.open(tmp_path).config.max_steps == 3
     with pytest.raises(InputError, match="unknown key label_column"):
         load_config(tmp_path / "config.yaml")  # a config a user writes stays strict
+
+
+@pytest.mark.parametrize("override, message", [
+    (["algorithm=rloo", "reward_aggregation=normalize_then_sum"], "reward_aggregation='normalize_then_sum' is not "
+                                                                 "allowed; use one of sum_then_normalize"),
+    (["reward_aggregation=mean"], "reward_aggregation='mean' is not allowed"),
+    (["max_prompt_tokens=8"], "max_prompt_tokens=8 is not allowed; use an integer of at least 16"),
+])
+def test_align_keys_are_checked(override, message):
+    with pytest.raises(InputError, match=message):
+        load_config(overrides=["task=align", *override])
+
+
+def test_align_prompts_default_to_what_max_length_leaves_for_the_reply():
+    assert load_config(overrides=["task=align", "max_length=256", "max_new_tokens=24"]).prompt_tokens == 232
+    assert load_config(overrides=["task=align", "max_prompt_tokens=128"]).prompt_tokens == 128

@@ -260,6 +260,7 @@ class SummarizeConfig(TrainConfig):
 
 ALGORITHMS = ("grpo", "rloo", "dpo")
 BUILTIN_REWARDS = ("toxicity", "relevance", "ending", "length")  # train/rewards.py; `module:function` adds one
+REWARD_AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")  # TRL GRPOConfig.multi_objective_aggregation
 
 
 @dataclass
@@ -287,6 +288,14 @@ class AlignConfig(ChatConfig):
     num_generations: int = 4  # completions per prompt (k); GRPO/RLOO score each against the others of its prompt
     max_new_tokens: int = 32  # longest completion; chit-chat replies end within ~25 tokens, and decoding is the cost
     temperature: float = 1.0  # sampling temperature of the completions (1.0: the policy's own distribution)
+    # GRPO/RLOO: each context is cut to its latest whole exchanges that fit this many tokens. The loss runs forward
+    # and backward over prompt and completion, so the prompt is most of a step's cost. null: max_length -
+    # max_new_tokens (the parent trained on rows of max_length tokens)
+    max_prompt_tokens: int | None = None
+    # GRPO: how the rewards combine into one. sum_then_normalize (TRL's default) standardises the weighted sum within
+    # each group of completions, where the reward that varies most drowns the others; normalize_then_sum (GDPO)
+    # standardises each reward within the group first, so the weights say what matters. RLOO always sums.
+    reward_aggregation: str = "sum_then_normalize"
     # GRPO/RLOO: weight of the KL penalty to the parent model (0 drops the reference model and the KL); DPO: how far
     # the policy may move from the parent. null: 0.04 for GRPO/RLOO (the DeepSeekMath GRPO value), 0.1 for DPO
     # (the DPO paper's and TRL's)
@@ -329,10 +338,20 @@ class AlignConfig(ChatConfig):
         _check(self.max_new_tokens > 0, "max_new_tokens", self.max_new_tokens, "a positive integer")
         _check(self.temperature > 0, "temperature", self.temperature, "a positive number")
         _check(self.beta >= 0, "beta", self.beta, "a number >= 0")
+        _check(self.max_prompt_tokens is None or self.max_prompt_tokens >= 16, "max_prompt_tokens",
+               self.max_prompt_tokens, "an integer of at least 16 tokens, or null for max_length - max_new_tokens")
+        _check(self.reward_aggregation in REWARD_AGGREGATIONS and
+               (self.algorithm == "grpo" or self.reward_aggregation == "sum_then_normalize"), "reward_aggregation",
+               self.reward_aggregation, f"one of {', '.join(REWARD_AGGREGATIONS)} (normalize_then_sum: grpo only)")
         _check(0 < self.length_min_words <= self.length_max_words, "length_min_words", self.length_min_words,
                f"a positive integer no larger than length_max_words={self.length_max_words}")
         _check(self.eval_prompts >= 0, "eval_prompts", self.eval_prompts, "an integer >= 0 (0 skips the evaluation)")
         _check(self.eval_samples >= 1, "eval_samples", self.eval_samples, "a positive integer")
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The longest prompt (context) in tokens: max_prompt_tokens, or what max_length leaves for the reply."""
+        return self.max_prompt_tokens or max(16, self.max_length - self.max_new_tokens)
 
 
 # What an align run takes from its parent chat run: the same data, split, model and prompt format, so the held-out

@@ -1,4 +1,5 @@
-"""Split a conversation longer than max_length into windows of whole turns (`long_conversations: split`).
+"""Split a conversation longer than max_length into windows of whole turns (`long_conversations: split`), or cut a
+context to its latest whole turns (`latest_turns`, the prompts of `chattune align`).
 
     windows = split_windows(conversation, token_lengths, max_length=512)   # [[system?, user, assistant, ...], ...]
 
@@ -40,3 +41,15 @@ def split_windows(conversation: list[dict], token_lengths: Callable[[list[list[d
         windows[-1] += exchange
         used += length - shared
     return windows
+
+
+def latest_turns(context: list[dict], token_length: Callable[[list[dict]], int], max_tokens: int) -> list[dict]:
+    """A context cut to its system turn and its latest whole exchanges whose rendering fits `max_tokens`: what a
+    reply depends on most, and a prompt that starts at a user turn, as chat templates expect. The last exchange
+    stays even when it alone is longer."""
+    system = context[:1] if context and context[0]["role"] == "system" else []
+    exchanges = _exchanges(context[len(system):])
+    first = 0
+    while first < len(exchanges) - 1 and token_length(system + sum(exchanges[first:], [])) > max_tokens:
+        first += 1
+    return system + sum(exchanges[first:], [])

@@ -45,11 +45,15 @@ def reply_to_prompts(name: str, prompts: list[str], sampling: Sampling, batch_si
 def sampled_replies(backend, contexts: list[list[dict]], k: int, sampling: Sampling, batch_rows: int = 32
                     ) -> list[list]:
     """k sampled replies (generate.text.Reply) to each context: every context repeated k times and decoded
-    `batch_rows` rows at a time over one KV cache. A seeded `sampling` seeds row r with seed + r (`replies` adds
-    the row within a batch, the batch adds its first row), so the same call draws the same replies."""
-    rows = [context for context in contexts for _ in range(k)]
+    `batch_rows` rows at a time over one KV cache, shortest contexts first (a batch is padded to its longest
+    prompt, and the prompt's forward pass is most of the cost of a short reply). A seeded `sampling` seeds row r
+    with seed + r (`replies` adds the row within a batch, the batch adds its first row), so the same call draws the
+    same replies."""
+    order = sorted(range(len(contexts)), key=lambda index: sum(len(turn["content"]) for turn in contexts[index]))
+    rows = [contexts[index] for index in order for _ in range(k)]
     replies = []
     for first in range(0, len(rows), batch_rows):
         seed = None if sampling.seed is None else sampling.seed + first
         replies += backend.replies(rows[first : first + batch_rows], dataclasses.replace(sampling, seed=seed))
-    return [replies[first : first + k] for first in range(0, len(replies), k)]
+    groups = dict(zip(order, (replies[first : first + k] for first in range(0, len(replies), k))))
+    return [groups[index] for index in range(len(contexts))]

@@ -5,16 +5,18 @@
 
 Reads top to bottom: open the parent chat run -> prepare the run folder -> the parent's own split (its held-out
 conversations stay held out) -> the policy from the parent (LoRA: its adapter, trainable; full: its weights) -> the
-prompts (the contexts of the training split, or --prompts; --toxic-prone keeps those where the parent's sampled replies
-reach the threshold) or the preference pairs -> TRL's GRPOTrainer / RLOOTrainer / DPOTrainer with the shared
-callbacks (metrics.jsonl, TensorBoard, the progress line with reward and KL) -> save the adapter or weights (TRL's
-frozen reference copy left out) -> metrics.json. Returns what the before/after evaluation needs
-(chattune.evaluate.align, called by chattune.pipeline).
+prompts (the contexts of the training split, or --prompts, each cut to its latest exchanges that fit
+max_prompt_tokens; --toxic-prone keeps those where the parent's sampled replies reach the threshold) or the preference
+pairs -> TRL's GRPOTrainer / RLOOTrainer / DPOTrainer with the shared callbacks (metrics.jsonl, TensorBoard, the
+progress line with reward and KL) -> save the adapter or weights (TRL's frozen reference copy left out) ->
+metrics.json. Returns what the before/after evaluation needs (chattune.evaluate.align, called by chattune.pipeline).
 
 Speed: rollouts are TRL's one `generate` call per step for all k completions of all its prompts, over a KV cache, in
-the parent's precision choice (fp32 on CPUs without native bf16), without gradient checkpointing, and with the LoRA
-adapter merged into the base weights while they decode (merged_rollouts), where TRL's defaults turn on bf16 autocast
-and checkpointing and decode through the unmerged adapter. benchmarks/align_throughput.py measures both side by side.
+the parent's precision choice (fp32 on CPUs without native bf16), and with the LoRA adapter merged into the base
+weights while they decode (merged_rollouts), where TRL's defaults turn on bf16 autocast and decode through the
+unmerged adapter. The loss runs in the micro-batches of `memory` (balanced: activations within a budget, checkpointing
+only the layers that must be, where TRL's default checkpoints every layer). benchmarks/align_throughput.py measures
+both side by side.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from chattune.config import AlignConfig, save_config
 from chattune.data.conversation import Conversation, with_system
 from chattune.data.load import load_chat_split, load_conversations, reader_options
 from chattune.data.preferences import read_preferences
+from chattune.data.windows import latest_turns
 from chattune.errors import InputError
 from chattune.evaluate.generation import reply_pairs
 from chattune.evaluate.safety import toxicity
@@ -43,8 +46,9 @@ from chattune.runs import Run
 from chattune.train.callbacks import RichProgress
 from chattune.train.common import (cleanup_on_failure, device_arguments, prepare_run_folder, save_weights,
                                    seed_everything, shared_callbacks, training_arguments)
+from chattune.train.memory import kept_checkpointing
 from chattune.train.rewards import load_rewards
-from chattune.train.sft import use_bf16
+from chattune.train.sft import fit_memory, use_bf16
 
 FILTER_SEED_OFFSET = 1_000  # the toxic-prone filter samples with seed + this: the evaluation's samples are fresh ones
 
@@ -76,14 +80,15 @@ def align(cfg: AlignConfig, run: Path, *, overwrite: bool = False, console: Cons
         if cfg.algorithm == "dpo":
             dataset = preference_dataset(cfg, report)
         else:
-            contexts = training_contexts(cfg, train_set)
+            contexts = fitted_contexts(training_contexts(cfg, train_set), tokenizer, cfg.prompt_tokens)
+            held_out = fitted_contexts(held_out, tokenizer, cfg.prompt_tokens)
             if cfg.toxic_prone:
                 contexts = toxic_prone(cfg, model, tokenizer, contexts[: cfg.toxic_prone_contexts], report, "train",
                                        console)
                 held_out = toxic_prone(cfg, model, tokenizer, held_out, report, "eval", console)
             dataset = prompt_dataset(contexts[: cfg.train_prompts], report)
         atomic_write_json(folder.data_report_path, report)
-        trainer = make_trainer(cfg, run, model, tokenizer, dataset, RichProgress(console))
+        trainer = make_trainer(cfg, run, model, tokenizer, dataset, console)
         trainer.train()
     save_policy(cfg, folder, trainer.model, tokenizer)
     atomic_write_json(folder.metrics_path, {
@@ -120,6 +125,17 @@ def training_contexts(cfg: AlignConfig, train_set: list[Conversation]) -> list[C
         return [pair.context for pair in reply_pairs(train_set, cfg.seed)]
     conversations, _ = load_conversations(cfg.prompts, **reader_options(cfg))
     return [pair.context for pair in reply_pairs([with_system(c, cfg.system_prompt) for c in conversations], cfg.seed)]
+
+
+def fitted_contexts(contexts: list[Conversation], tokenizer, max_tokens: int) -> list[Conversation]:
+    """Each context cut to its latest whole exchanges that fit `max_tokens` rendered with the chat template: the
+    prompts of training, of the toxic-prone filter and of the evaluation, so all three see the same conversation."""
+
+    def token_length(context: Conversation) -> int:
+        return len(tokenizer(tokenizer.apply_chat_template(context, add_generation_prompt=True, tokenize=False),
+                             add_special_tokens=False)["input_ids"])
+
+    return [latest_turns(context, token_length, max_tokens) for context in contexts]
 
 
 def toxic_prone(cfg: AlignConfig, model, tokenizer, contexts: list[Conversation], report: dict, side: str,
@@ -163,9 +179,9 @@ def preference_dataset(cfg: AlignConfig, report: dict):
 
 def trl_arguments(cfg: AlignConfig, run: Path, arguments_class, device, **method_arguments):
     """TRL's config from the shared fields (training_arguments), with what alignment changes: no evaluation or
-    checkpoints during training (the before/after evaluation follows), and the parent's precision choice with no
-    gradient checkpointing (TRL turns both bf16 and checkpointing on by default; a CPU without native bf16 and a
-    135M model lose time to each)."""
+    checkpoints during training (the before/after evaluation follows), and the parent's precision choice with TRL's
+    all-layer gradient checkpointing off (fit_memory checkpoints only the layers `memory` needs; TRL turns bf16 and
+    checkpointing on by default, and a CPU without native bf16 loses time to each)."""
     return training_arguments(
         cfg, run, arguments_class=arguments_class,
         eval_strategy="no", save_strategy="no", load_best_model_at_end=False, metric_for_best_model=None,
@@ -173,22 +189,30 @@ def trl_arguments(cfg: AlignConfig, run: Path, arguments_class, device, **method
         **device_arguments(device), beta=cfg.beta, **method_arguments)
 
 
-def make_trainer(cfg: AlignConfig, run: Path, model, tokenizer, dataset, progress):
+def make_trainer(cfg: AlignConfig, run: Path, model, tokenizer, dataset, console: Console):
+    """TRL's trainer for cfg.algorithm. Its batch is split into the micro-batches `cfg.memory` plans (fit_memory,
+    as SFT's): GRPO and RLOO still decode all completions of a step in one generate call (TRL's generation batch is
+    the micro-batch times the accumulation steps), then run the loss a micro-batch at a time, so the activations of
+    the forward and backward over prompts and completions stay within the budget."""
     from transformers import PrinterCallback
     from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-    callbacks = shared_callbacks(cfg, run, progress)
+    callbacks = shared_callbacks(cfg, run, RichProgress(console))
     if cfg.algorithm == "dpo":
-        args = trl_arguments(cfg, run, DPOConfig, model.device, max_length=cfg.max_length)
+        args = trl_arguments(cfg, run, DPOConfig, model.device, max_length=cfg.max_length,
+                             **fit_memory(cfg, model, console))
         trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                              callbacks=callbacks)
     else:
         rewards = load_rewards(cfg.rewards, tokenizer, cfg)
-        arguments_class, trainer_class = (GRPOConfig, merged_rollouts(GRPOTrainer)) if cfg.algorithm == "grpo" \
-            else (RLOOConfig, merged_rollouts(RLOOTrainer))
+        micro_batch = fit_memory(cfg, model, console, row_tokens=cfg.prompt_tokens + cfg.max_new_tokens)
+        arguments_class, trainer_class, method_arguments = (
+            (GRPOConfig, merged_rollouts(GRPOTrainer), {"multi_objective_aggregation": cfg.reward_aggregation})
+            if cfg.algorithm == "grpo" else (RLOOConfig, merged_rollouts(RLOOTrainer), {}))
         args = trl_arguments(cfg, run, arguments_class, model.device, num_generations=cfg.num_generations,
                              max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature,
-                             reward_weights=[weight for _, weight in rewards])
+                             reward_weights=[weight for _, weight in rewards],
+                             **micro_batch, **method_arguments)
         trainer = trainer_class(model=model, reward_funcs=[function for function, _ in rewards], args=args,
                                 train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # RichProgress prints instead of raw log dicts
@@ -215,12 +239,18 @@ def merged_rollouts(trainer_class):
     """TRL's GRPOTrainer or RLOOTrainer whose rollouts decode with the LoRA adapter merged into the base weights.
     Unmerged, every adapted linear layer runs three matmuls, a dropout and an add per decoded token; merged, one, as
     a plain model decodes. The completions are the same tokens (tests/test_align.py); only `_generate_single_turn`,
-    TRL's one plain-`generate` call per step, changes, so the loss, the reference model and the logging stay TRL's."""
+    TRL's one plain-`generate` call per step, changes, so the loss, the reference model and the logging stay TRL's.
+    Around it, the layers `memory` chose to checkpoint stay the only ones (kept_checkpointing)."""
 
     class MergedRollouts(trainer_class):
         def _generate_single_turn(self, *args, **kwargs):
             with merged_adapter(self.accelerator.unwrap_model(self.model)):
                 return super()._generate_single_turn(*args, **kwargs)
+
+        def _generate_and_score_completions(self, *args, **kwargs):
+            # TRL turns checkpointing off for the rollouts and back on for every layer: keep memory's selection
+            with kept_checkpointing(self.accelerator.unwrap_model(self.model)):
+                return super()._generate_and_score_completions(*args, **kwargs)
 
     MergedRollouts.__name__ = MergedRollouts.__qualname__ = f"MergedRollouts{trainer_class.__name__}"
     return MergedRollouts

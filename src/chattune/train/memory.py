@@ -16,6 +16,7 @@ import ctypes
 import math
 import resource
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,6 +152,21 @@ def apply_memory_plan(model, plan: MemoryPlan) -> None:
     chosen = set(plan.checkpointed)
     for index, layer in enumerate(decoder_layers(model)):
         layer.gradient_checkpointing = index in chosen
+
+
+@contextmanager
+def kept_checkpointing(model):
+    """Put back each module's checkpointing choice after code that turns checkpointing off and on again for every
+    layer (TRL does, around its rollouts and reference log-probabilities), so a plan's selection survives it."""
+    chosen = {module: (module.gradient_checkpointing, getattr(module, "_gradient_checkpointing_func", None))
+              for module in model.modules() if hasattr(module, "gradient_checkpointing")}
+    try:
+        yield
+    finally:
+        for module, (enabled, function) in chosen.items():
+            module.gradient_checkpointing = enabled
+            if function is not None:
+                module._gradient_checkpointing_func = function
 
 
 def estimate_peak_bytes(model, plan: MemoryPlan, loss_chunk_bytes: int) -> int:

@@ -124,10 +124,11 @@ def use_bf16(precision: str, device) -> bool:
     return precision == "bf16" or (precision == "auto" and bf16_supported(device))
 
 
-def fit_memory(cfg: ChatConfig, model, console) -> dict:
+def fit_memory(cfg: ChatConfig, model, console, *, row_tokens: int | None = None) -> dict:
     """Checkpoint the layers `cfg.memory` asks for, warn when the estimated peak exceeds the free memory, and return
-    the TrainingArguments of the micro-batch it chose."""
-    plan = plan_memory(model, cfg.memory, rows=cfg.batch_size, row_tokens=cfg.max_length,
+    the TrainingArguments of the micro-batch it chose. A batch is cfg.batch_size rows of `row_tokens` tokens
+    (default max_length; align passes its prompt and completion budget)."""
+    plan = plan_memory(model, cfg.memory, rows=cfg.batch_size, row_tokens=row_tokens or cfg.max_length,
                        budget=activation_budget(model.device))
     apply_memory_plan(model, plan)
     if cfg.memory == "low":  # memory before speed: freed tensors leave RSS, at a page fault per 4 KiB reused
