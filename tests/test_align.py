@@ -277,6 +277,11 @@ def test_align_splits_the_loss_into_micro_batches_but_decodes_each_step_at_once(
     rendered = tokenizer.apply_chat_template(fitted, add_generation_prompt=True, tokenize=False)
     assert fitted[0]["role"] == "user" and fitted[-1] == long_context[-1] and len(fitted) < len(long_context)
     assert len(tokenizer(rendered, add_special_tokens=False)["input_ids"]) <= cfg.prompt_tokens
+    one_long_turn = [{"role": "user", "content": " ".join(f"word{index}" for index in range(400)) + " the end"}]
+    (cut,) = fitted_contexts([one_long_turn], tokenizer, cfg.prompt_tokens)
+    rendered = tokenizer.apply_chat_template(cut, add_generation_prompt=True, tokenize=False)
+    assert cut[0]["content"].endswith("word399 the end") and len(cut[0]["content"]) < len(one_long_turn[0]["content"])
+    assert len(tokenizer(rendered, add_special_tokens=False)["input_ids"]) <= cfg.prompt_tokens
     trainer = make_trainer(cfg, tmp_path, model, tokenizer, prompt_dataset([fitted] * 8, {}), Console(quiet=True))
     # 8 rows of 256 tokens, halved while a micro-batch keeps >= 512 tokens: 2 rows x 4 accumulated
     assert (trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps) == (2, 4)
