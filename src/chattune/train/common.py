@@ -21,7 +21,7 @@ from chattune.errors import InputError
 from chattune.runs import Run
 from chattune.train.callbacks import CheckpointMarker, MetricsLog, last_complete_checkpoint
 from chattune.train.disk import checkpoint_bytes, full_disk_is_input_error, weights_bytes
-from chattune.train.distributed import enable_fsdp_on_cpu, from_main_process, is_main_process
+from chattune.train.distributed import from_main_process, is_main_process
 
 
 def check_output_folder(run: Path) -> None:
@@ -165,7 +165,6 @@ def build_trainer(cfg, run: Path, model, tokenizer, train_set, eval_set, collato
         train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer, compute_metrics=compute_metrics,
         callbacks=shared + list(callbacks))
     trainer.remove_callback(PrinterCallback)  # RichProgress prints instead of raw log dicts
-    enable_fsdp_on_cpu(trainer)
     return trainer
 
 

@@ -76,7 +76,10 @@ def enable_fsdp_on_cpu(trainer) -> None:
     state only for GPU-like devices: on CPU (MULTI_CPU, gloo) it drops the request without a word and the run is
     plain DDP. torch's FSDP2 itself works over gloo (all-gather and reduce-scatter), so this does the switch
     accelerate skips, the way it does it for GPUs: distributed_type FSDP and a plugin read from the same
-    environment. Call it on a freshly built Trainer, before train() wraps the model."""
+    environment. Call it on a freshly built Trainer, before train() wraps the model. Callers: chat and causal
+    summarize runs (run on 2 CPU processes). Not seq2seq models (not run), nor classification: under an FSDP config
+    a BERT classifier stops before training with or without this switch (transformers' fsdp_cpu_ram_efficient_loading
+    leaves rank 1's weights on the meta device, and model.to() cannot copy them)."""
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
     state = trainer.accelerator.state

@@ -30,7 +30,7 @@ from chattune.runs import Run
 from chattune.train.callbacks import RichProgress
 from chattune.train.common import (add_lora, build_trainer, cleanup_on_failure, global_batch, prepare_run_folder,
                                    save_model, seed_everything, train_or_finish)
-from chattune.train.distributed import is_main_process, process_state, trained_model
+from chattune.train.distributed import enable_fsdp_on_cpu, is_main_process, process_state, trained_model
 from chattune.train.memory import (activation_budget, apply_memory_plan, available_bytes, estimate_peak_bytes,
                                    peak_rss_mb, plan_memory, release_freed_memory)
 from chattune.train.fast import (LOSS_CHUNK_TOKENS, PLAIN_HEAD_MODEL_TYPES, FastTrainer, PackedCollator, bf16_supported,
@@ -77,6 +77,7 @@ def train(cfg: ChatConfig, run: Path, *, resume: bool = False, overwrite: bool =
             model = add_lora(model, cfg)
         trainer = make_trainer(cfg, run, model, tokenizer, train_examples, eval_examples, bf16, console,
                                callbacks=callbacks, run_name=run_name)
+        enable_fsdp_on_cpu(trainer)  # chat and causal summarize runs: where FSDP on CPU was run and checked
         batch = global_batch(trainer)
         if main:
             console.print(describe_batch(trainer, batch))
