@@ -1,5 +1,6 @@
 """Several processes, one run, on CPU (gloo): `chattune train --nproc 2` against one process with the same global
-batch, and torchrun as two "nodes" on this machine. Each launch starts Python twice (~1 min on 2 shared cores)."""
+batch, torchrun as two "nodes" on this machine, and the shipped FSDP2 config (LoRA and full fine-tuning). Each
+launch starts Python twice (~1 min on 2 shared cores)."""
 
 import json
 import os
@@ -16,6 +17,9 @@ from chattune.cli import main
 # dropout off: each process draws its own dropout masks, so with dropout the two schedules differ by design
 SAME = ["--set", "eval_steps=2", "--set", "logging_steps=1", "--set", "learning_rate=0.01", "--set", "precision=fp32",
         "--set", "eval_replies=0", "--set", "max_steps=4", "--set", "max_length=64", "--set", "lora.dropout=0"]
+
+
+FSDP_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "distributed", "fsdp.yaml")
 
 
 def _env():
@@ -74,6 +78,53 @@ def test_two_nodes_of_one_process_each_rendezvous_on_localhost(tmp_path, chat_js
     outputs = [node.communicate(timeout=300) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
     _assert_same_training(single_process_run, many)
+
+
+def _launch_fsdp(run, chat_jsonl, tiny_llama, *extra):
+    """The shipped configs/distributed/fsdp.yaml, unedited, on 2 CPU processes; checks that it really sharded."""
+    command = [sys.executable, "-m", "chattune", "train", "--data", chat_jsonl, "--model", tiny_llama,
+               "--output", str(run), *SAME, "--set", "batch_size=2", *extra,
+               "--nproc", "2", "--accelerate-config", FSDP_CONFIG]
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # FSDP's sharded checkpoint, one file per rank (a plain DDP run would have written one optimizer.pt instead)
+    shards = run / "checkpoints" / "checkpoint-4" / "pytorch_model_fsdp_0"
+    assert sorted(path.name for path in shards.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert not (run / "checkpoints" / "checkpoint-4" / "optimizer.pt").exists()
+
+
+def test_the_fsdp_config_shards_lora_on_cpu_and_trains_like_one_process(tmp_path, chat_jsonl, tiny_llama,
+                                                                        single_process_run):
+    from peft import AutoPeftModelForCausalLM
+
+    many = tmp_path / "fsdp"
+    _launch_fsdp(many, chat_jsonl, tiny_llama)
+    _assert_same_training(single_process_run, many)
+    # the adapter gathered from the shards loads with plain peft and has learnt (rank 0 scored it the same way)
+    metrics = json.loads((many / "metrics.json").read_text())
+    assert metrics["tuned"]["loss"] < metrics["base"]["loss"]
+    loaded = AutoPeftModelForCausalLM.from_pretrained(many / "adapter")
+    assert any(name.endswith("lora_B.default.weight") and parameter.abs().sum() > 0
+               for name, parameter in loaded.named_parameters())  # lora_B starts at zero
+
+
+def test_the_fsdp_config_shards_full_fine_tuning_on_cpu_like_one_process(tmp_path, chat_jsonl, tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    full = ["--set", "method=full", "--set", "learning_rate=0.001"]
+    one, many = tmp_path / "one", tmp_path / "fsdp"
+    assert main(["train", "--data", chat_jsonl, "--model", tiny_llama, "--output", str(one), *SAME, *full,
+                 "--set", "batch_size=4"]) == 0
+    _launch_fsdp(many, chat_jsonl, tiny_llama, *full)
+    single, distributed = (json.loads((run / "metrics.json").read_text()) for run in (one, many))
+    assert distributed["world_size"] == 2
+    assert distributed["tuned"]["loss"] == pytest.approx(single["tuned"]["loss"], abs=1e-5)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama).state_dict()
+    trained, reference = (AutoModelForCausalLM.from_pretrained(run / "model").state_dict() for run in (many, one))
+    assert not torch.equal(trained["model.layers.0.self_attn.q_proj.weight"],
+                           base["model.layers.0.self_attn.q_proj.weight"])
+    for name, tensor in reference.items():
+        assert torch.allclose(tensor, trained[name], atol=1e-5), name
 
 
 def test_distributed_launch_needs_an_explicit_run_folder(monkeypatch, capsys, chat_jsonl):

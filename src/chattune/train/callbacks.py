@@ -86,7 +86,19 @@ class MetricsLog(TrainerCallback):
 
 
 class CheckpointMarker(TrainerCallback):
-    """Mark a checkpoint complete after the Trainer has written all of it (on_save runs after the save)."""
+    """Mark a checkpoint complete after the Trainer has written all of it (on_save runs after the save).
+
+    It also creates the checkpoint's folder on every rank before a save. The Trainer records the best checkpoint
+    only if its folder exists right after the model is saved; under FSDP with SHARDED_STATE_DICT nothing is written
+    by then (the shards come later, with the optimizer), so whether a rank saw the folder depended on timing. Ranks
+    that disagree about the best checkpoint hang at the end, when only some of them load it (seen with
+    configs/distributed/fsdp.yaml on 2 CPU processes: rank 0 loading checkpoint-4, rank 1 not)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            (Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}").mkdir(parents=True, exist_ok=True)
+
+    on_epoch_end = on_step_end
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:  # rank 0 wrote the checkpoint

@@ -29,7 +29,7 @@ from chattune.runs import Run
 from chattune.train.callbacks import RichProgress
 from chattune.train.common import (add_lora, build_trainer, cleanup_on_failure, global_batch, prepare_run_folder,
                                    save_weights, seed_everything)
-from chattune.train.distributed import is_main_process, process_state
+from chattune.train.distributed import is_main_process, process_state, trained_model
 
 
 def train_classifier(cfg: ClassifyConfig, run: Path, *, overwrite: bool = False,
@@ -65,9 +65,11 @@ def train_classifier(cfg: ClassifyConfig, run: Path, *, overwrite: bool = False,
                                 ClassifyProgress(console), compute_metrics=_compute_metrics,
                                 metric_for_best_model="accuracy", greater_is_better=True)  # what users care about
         trainer.train()
+        # the best checkpoint, gathered to rank 0 under FSDP
+        model = trained_model(trainer, lambda: _fresh_classifier(cfg, labels))
     if not main:
         return None
-    model = trainer.model.merge_and_unload() if cfg.method == "lora" else trainer.model  # the best checkpoint
+    model = model.merge_and_unload() if cfg.method == "lora" else model
     save_weights(model, tokenizer, folder.model_dir)
     shutil.rmtree(folder.checkpoints_dir, ignore_errors=True)  # RUN/model is the best one; classifiers never resume
     atomic_write_json(folder.metrics_path, {"steps": trainer.state.global_step,
@@ -75,6 +77,12 @@ def train_classifier(cfg: ClassifyConfig, run: Path, *, overwrite: bool = False,
                                             **global_batch(trainer),
                                             "train_seconds": round(time.time() - started, 1)})
     return run
+
+
+def _fresh_classifier(cfg: ClassifyConfig, labels: list[str]):
+    """An untrained classifier of the layout train_classifier trains (trained_model loads the gathered weights)."""
+    model, _ = _load_classifier(cfg.model, labels)
+    return add_lora(model, cfg, task_type="SEQ_CLS") if cfg.method == "lora" else model
 
 
 def _labels(cfg: ClassifyConfig, train_rows: list[Row], eval_rows: list[Row]) -> list[str]:

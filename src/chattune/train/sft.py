@@ -30,7 +30,7 @@ from chattune.runs import Run
 from chattune.train.callbacks import RichProgress
 from chattune.train.common import (add_lora, build_trainer, cleanup_on_failure, global_batch, prepare_run_folder,
                                    save_model, seed_everything, train_or_finish)
-from chattune.train.distributed import is_main_process, process_state
+from chattune.train.distributed import enable_fsdp_on_cpu, is_main_process, process_state, trained_model
 from chattune.train.memory import (activation_budget, apply_memory_plan, available_bytes, estimate_peak_bytes,
                                    peak_rss_mb, plan_memory, release_freed_memory)
 from chattune.train.fast import (LOSS_CHUNK_TOKENS, PLAIN_HEAD_MODEL_TYPES, FastTrainer, PackedCollator, bf16_supported,
@@ -77,15 +77,17 @@ def train(cfg: ChatConfig, run: Path, *, resume: bool = False, overwrite: bool =
             model = add_lora(model, cfg)
         trainer = make_trainer(cfg, run, model, tokenizer, train_examples, eval_examples, bf16, console,
                                callbacks=callbacks, run_name=run_name)
+        enable_fsdp_on_cpu(trainer)  # chat and causal summarize runs: where FSDP on CPU was run and checked
         batch = global_batch(trainer)
         if main:
             console.print(describe_batch(trainer, batch))
         train_or_finish(trainer, checkpoint)
+        # the best checkpoint (restored by load_best_model_at_end), gathered to rank 0 under FSDP
+        model = trained_model(trainer, lambda: _fresh_model(cfg))
     if not main:
         return None
     console.print(f"trained {trainer.state.global_step} steps in {time.time() - started:.0f} s, "
                   f"peak RSS {peak_rss_mb():,.0f} MB")
-    model = trainer.model  # the best checkpoint, restored by load_best_model_at_end
     model.config.use_cache = True  # make_trainer turned it off for training
     tuned_rows = score(model, tokenizer, eval_examples, cfg)
     save_model(cfg, folder, model, tokenizer, merge)
@@ -104,6 +106,12 @@ def train(cfg: ChatConfig, run: Path, *, resume: bool = False, overwrite: bool =
         "fit": fit,
     })
     return HeldOut(eval_set, {"base": base_rows, "tuned": tuned_rows})
+
+
+def _fresh_model(cfg: ChatConfig):
+    """An untrained model of the layout `train` trains (for trained_model to load the gathered weights into)."""
+    model, _ = load_model(cfg.model)
+    return add_lora(model, cfg) if cfg.method == "lora" else model
 
 
 def describe_batch(trainer, batch: dict) -> str:

@@ -36,7 +36,7 @@ from chattune.runs import Run
 from chattune.train.callbacks import RichProgress
 from chattune.train.common import (add_lora, build_trainer, cleanup_on_failure, global_batch, prepare_run_folder,
                                    save_model, seed_everything, train_or_finish)
-from chattune.train.distributed import is_main_process, process_state
+from chattune.train.distributed import enable_fsdp_on_cpu, is_main_process, process_state, trained_model
 from chattune.train.fast import FastTrainer, PackedCollator, bf16_supported, pack_examples, supports_target_only_loss
 
 
@@ -68,10 +68,13 @@ def train_summarizer(cfg: SummarizeConfig, run: Path, *, resume: bool = False, o
             model = add_lora(model, cfg, "SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM")
         make = seq2seq_trainer if seq2seq else causal_trainer
         trainer = make(cfg, run, model, tokenizer, train_set, eval_set, RichProgress(console))
+        if not seq2seq:  # FSDP on CPU was run and checked with causal LMs only
+            enable_fsdp_on_cpu(trainer)
         train_or_finish(trainer, checkpoint)
+        # the best checkpoint (restored by load_best_model_at_end), gathered to rank 0 under FSDP
+        model = trained_model(trainer, lambda: _fresh_model(cfg))
     if not main:
         return None
-    model = trainer.model  # the best checkpoint, restored by load_best_model_at_end
     if not model.config.is_encoder_decoder:
         model.config.use_cache = True  # causal_trainer turned it off for training
     save_model(cfg, folder, model, tokenizer, merge)
@@ -85,6 +88,14 @@ def train_summarizer(cfg: SummarizeConfig, run: Path, *, resume: bool = False, o
         "fit": fit,
     })
     return eval_pairs
+
+
+def _fresh_model(cfg: SummarizeConfig):
+    """An untrained model of the layout train_summarizer trains (trained_model loads the gathered weights into it)."""
+    model, _ = load_any_model(cfg.model)
+    if cfg.method != "lora":
+        return model
+    return add_lora(model, cfg, "SEQ_2_SEQ_LM" if model.config.is_encoder_decoder else "CAUSAL_LM")
 
 
 def encode(cfg: SummarizeConfig, model, tokenizer, pairs: list[Pair], report: dict, side: str):
