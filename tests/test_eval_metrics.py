@@ -82,6 +82,24 @@ def test_perplexity_is_exp_of_mean_token_nll(tiny_llama):
     assert scores["perplexity"] == pytest.approx(math.exp(sum(nlls) / len(nlls)), rel=1e-4)
 
 
+def test_a_batch_scored_a_row_at_a_time_scores_the_same(tiny_llama, monkeypatch):
+    """Rows of a batch go through the model as few at a time as the logits budget asks; the numbers stay."""
+    from chattune.data.chat import tokenize_conversations
+    from chattune.data.collate import PadCollator
+    from chattune.evaluate import likelihood as likelihood_module
+    from chattune.models import load_model
+
+    model, tokenizer = load_model(tiny_llama)
+    conversations = [[{"role": "user", "content": f"hello {index} how are you"},
+                      {"role": "assistant", "content": "fine thanks " * (index + 1)}] for index in range(5)]
+    examples, _ = tokenize_conversations(tokenizer, conversations, 64)
+    together = likelihood_module.conversation_likelihoods(model, examples, PadCollator(tokenizer.pad_token_id), 5)
+    monkeypatch.setattr(likelihood_module, "LOGITS_BYTES", 1)  # one row per forward
+    alone = likelihood_module.conversation_likelihoods(model, examples, PadCollator(tokenizer.pad_token_id), 5)
+    assert [(row["tokens"], row["correct"]) for row in alone] == [(row["tokens"], row["correct"]) for row in together]
+    assert [row["nll"] for row in alone] == pytest.approx([row["nll"] for row in together], rel=1e-5)
+
+
 def test_bootstrap_interval_contains_true_delta_and_is_reproducible():
     rng = random.Random(0)
     base = [rng.gauss(0.0, 1.0) for _ in range(200)]

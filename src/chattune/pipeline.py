@@ -18,6 +18,7 @@ from rich.console import Console
 from chattune.config import AlignConfig, ChatConfig, ClassifyConfig, SummarizeConfig, TaskConfig
 from chattune.errors import InputError
 from chattune.runs import Run
+from chattune.train.memory import collect_and_trim
 
 
 def train_and_evaluate(cfg: TaskConfig, run: Path, *, resume: bool = False, overwrite: bool = False,
@@ -39,6 +40,7 @@ def _chat(cfg: ChatConfig, run: Path, resume: bool, overwrite: bool, merge: bool
     from chattune.train.sft import train
 
     held_out = train(cfg, run, resume=resume, overwrite=overwrite, merge=merge, console=console)
+    collect_and_trim()  # the trained model goes before the evaluation loads the base and tuned ones
     if held_out is None:  # a rank other than 0 of a distributed launch: rank 0 evaluates and reports
         return None
     folder = Run.open(run)
@@ -66,6 +68,7 @@ def _summarize(cfg: SummarizeConfig, run: Path, resume: bool, overwrite: bool, m
     from chattune.train.summarize import train_summarizer
 
     held_out = train_summarizer(cfg, run, resume=resume, overwrite=overwrite, merge=merge, console=console)
+    collect_and_trim()
     if held_out is None:  # a rank other than 0 of a distributed launch: rank 0 evaluates and reports
         return None
     folder = Run.open(run)
@@ -84,6 +87,7 @@ def align_and_evaluate(cfg: AlignConfig, run: Path, *, overwrite: bool = False, 
 
     console = console or Console(stderr=True)
     aligned = align(cfg, run, overwrite=overwrite, console=console)
+    collect_and_trim()
     folder = Run.open(run)
     evaluation = None
     if cfg.eval_prompts:

@@ -19,26 +19,38 @@ import torch.nn.functional as F
 from chattune.data.chat import IGNORE_INDEX
 
 
+LOGITS_BYTES = 128 * 2**20  # rows of a batch go through the model together while their logits fit this
+
+
 @torch.no_grad()
 def conversation_likelihoods(model, examples: list[dict], collator, batch_size: int = 8) -> list[dict]:
-    """Summed NLL, target token count and correct argmax predictions of each example, in input order."""
+    """Summed NLL, target token count and correct argmax predictions of each example, in input order. A batch is
+    run a few rows at a time, as many as keep the logits within LOGITS_BYTES: 8 rows of 256 tokens over SmolLM2's
+    49,152-token vocabulary are 400 MB of logits and as much again for their log-softmax, which made scoring after
+    training the peak of `make demo`."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    vocab = model.get_output_embeddings().weight.shape[0]
     rows = []
     for first in range(0, len(examples), batch_size):
         batch = {key: value.to(device) for key, value in collator(examples[first : first + batch_size]).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        # token t is predicted from position t-1
-        logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:]
-        targets = labels != IGNORE_INDEX
-        nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
-        correct = (logits.argmax(-1) == labels) & targets
-        for row in range(labels.shape[0]):
-            rows.append({"nll": nll[row].sum().item(), "tokens": int(targets[row].sum()),
-                         "correct": int(correct[row].sum())})
+        step = max(1, LOGITS_BYTES // (batch["input_ids"].shape[1] * vocab * 4))
+        for part in range(0, batch["input_ids"].shape[0], step):
+            rows += _likelihood_rows({key: value[part : part + step] for key, value in batch.items()}, model)
     model.train(was_training)
     return rows
+
+
+def _likelihood_rows(batch: dict, model) -> list[dict]:
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    # token t is predicted from position t-1
+    logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:]
+    targets = labels != IGNORE_INDEX
+    nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+    correct = (logits.argmax(-1) == labels) & targets
+    return [{"nll": nll[row].sum().item(), "tokens": int(targets[row].sum()), "correct": int(correct[row].sum())}
+            for row in range(labels.shape[0])]
 
 
 def summarize_likelihoods(rows: list[dict]) -> dict[str, float]:
