@@ -1,4 +1,4 @@
-# make demo   fine-tune the offline default model on real chit-chat and show base vs tuned (~7 min, peak 2.9 GB on 2 cores)
+# make demo   fine-tune the offline default model on real chit-chat and show base vs tuned (~7 min, peak 2.8 GiB on 2 cores)
 # make detox  GRPO on the demo run's toxic-prone chit-chat contexts (toxicity + relevance rewards), then the parent vs
 #             aligned table with bootstrap intervals; builds runs/demo first when it is missing
 # make summarize  SmolLM2 LoRA summarising aclsum paper abstracts: zero-shot vs tuned ROUGE (~15 min on 2 cores)
