@@ -44,13 +44,10 @@ def release_freed_memory() -> bool:
     at 87 instead of 159 real tok/s (2,787 vs 4,305 MB peak RSS; AMD EPYC Zen 3, 2 cores, fp32). Smaller
     micro-batches lower the peak as far for less (4 x 512 tokens: 2,761 MB at 129 tok/s), so balanced uses those.
     A no-op (False) off glibc (macOS, musl)."""
-    if not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "mallopt"):
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
-    except (OSError, AttributeError):
-        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
 def collect_and_trim() -> None:
@@ -61,11 +58,19 @@ def collect_and_trim() -> None:
     import gc
 
     gc.collect()
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
+    libc = _glibc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+def _glibc():
+    """The C library when it is glibc's (the allocator knobs above are glibc's), else None (macOS, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
 
 
 @dataclass(frozen=True)
