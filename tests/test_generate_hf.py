@@ -148,6 +148,29 @@ def test_a_seeded_reply_leaves_the_global_rng_and_the_tokenizer_alone(chat_backe
     assert backend.decode(streamed).strip() == backend.replies(conversations[3:4], seeded)[0].text
 
 
+def test_rows_with_the_same_prompt_read_it_once_and_sample_as_if_alone(chat_backend):
+    """k samples of one context (align's toxic-prone filter and evaluation, OpenAI's n): the prompt's forward pass
+    runs once for all of them, and each row still draws exactly the reply it draws alone with its seed."""
+    backend = chat_backend
+    conversations = [user(PROMPTS[0])] * 3 + [user(PROMPTS[1])] * 2 + [user(PROMPTS[0])]
+    seeded = Sampling(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=12, seed=5)
+    prompt_reads = []
+    hook = backend.model.register_forward_pre_hook(
+        lambda module, args, kwargs: prompt_reads.append(kwargs["input_ids"].shape) if kwargs["input_ids"].shape[1]
+        > 1 else None, with_kwargs=True)
+    try:
+        with one_torch_thread():
+            together = backend.replies(conversations, seeded)
+    finally:
+        hook.remove()
+    with one_torch_thread():
+        alone = [backend.replies([conversation], replace(seeded, seed=seeded.seed + row))[0]
+                 for row, conversation in enumerate(conversations)]
+    assert len(prompt_reads) == 2  # two distinct prompts among six rows
+    assert together == alone
+    assert len({reply.text for reply in together[:3]}) > 1  # the shared prompt still gives each row its own draw
+
+
 def test_top_k_reaches_the_loop(chat_backend):
     backend = chat_backend
     conversations = [user(p) for p in PROMPTS]

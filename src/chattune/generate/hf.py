@@ -10,8 +10,8 @@ new row mid-generation, and it samples from the global torch RNG. Not transforme
 (`generation/continuous_batching`, behind `transformers serve`) either: it decides greedy vs sampled once for the
 whole manager (so a greedy and a sampled request cannot share a step), draws from the global torch RNG (so a seed
 does not make one request reproducible) and needs a paged attention implementation built for CUDA graphs. Here each
-row is prefilled alone, its KV merged into the batch's left-padded cache, and dropped from it when the row leaves;
-the tokens are those of `model.generate` (tests/test_generate_hf.py).
+prompt is prefilled alone (once for rows that join with the same prompt), its KV merged into the batch's left-padded
+cache, and dropped from it when the row leaves; the tokens are those of `model.generate` (tests/test_generate_hf.py).
 """
 
 from __future__ import annotations
@@ -88,8 +88,20 @@ class HFBatch:
     @torch.no_grad()
     def step(self) -> dict[int, int]:
         tokens = self._decode() if self.rows else {}
+        if not self.waiting:
+            return tokens
+        # rows joining with the same prompt (k samples of one context, OpenAI's n) read it once and share its KV
+        read, joining = {}, []
         for row, prompt_ids, picker in self.waiting:
-            tokens[row] = self._prefill(row, prompt_ids, picker)
+            if (key := tuple(prompt_ids)) not in read:
+                read[key] = self._read(prompt_ids)
+            row_kv, logits = read[key]
+            joining.append(row_kv)
+            tokens[row] = picker(logits)
+            for column, value in ((self.rows, row), (self.pickers, picker), (self.next_ids, tokens[row]),
+                                  (self.positions, len(prompt_ids))):
+                column.append(value)
+        self._merge(joining)
         self.waiting.clear()
         return tokens
 
@@ -108,30 +120,25 @@ class HFBatch:
         self.positions = [position + 1 for position in self.positions]
         return dict(zip(self.rows, self.next_ids))
 
-    def _prefill(self, row: int, prompt_ids: list[int], picker: TokenPicker) -> int:
-        """Read the prompt alone, then merge its KV into the batch (left-padding whichever is shorter)."""
+    def _read(self, prompt_ids: list[int]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """The prompt's KV per layer, read alone, and the logits of its last position."""
         # logits at the last position only: the LM head over every prompt position was ~10% of a 200-token prefill
         # (49k-word vocabulary) and a 40 MB tensor
         output = self.model(input_ids=torch.tensor([prompt_ids], device=self.model.device), use_cache=True,
                             logits_to_keep=1)
-        row_kv = [(layer.keys, layer.values) for layer in output.past_key_values.layers]
-        row_mask = torch.ones((1, len(prompt_ids)), dtype=torch.long, device=self.model.device)
-        if self.rows:
-            width = max(self.width, len(prompt_ids))
-            self.kv = [(_with_room(torch.cat([_left_pad(k[:, :, : self.width], width), _left_pad(rk, width)])),
-                        _with_room(torch.cat([_left_pad(v[:, :, : self.width], width), _left_pad(rv, width)])))
-                       for (k, v), (rk, rv) in zip(self.kv, row_kv)]
-            self.mask = torch.cat([_left_pad(self.mask, width), _left_pad(row_mask, width)])
-        else:
-            self.kv = [(_with_room(k), _with_room(v)) for k, v in row_kv]
-            self.mask, width = row_mask, len(prompt_ids)
+        return [(layer.keys, layer.values) for layer in output.past_key_values.layers], output.logits[0, -1]
+
+    def _merge(self, joining: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+        """The joining rows' KV (per row, per layer) stacked under the batch's in one copy, all left-padded to the
+        longest."""
+        lengths = [row_kv[0][0].shape[2] for row_kv in joining]
+        width = max(self.width, *lengths)
+        ones = [torch.ones((1, length), dtype=torch.long, device=self.model.device) for length in lengths]
+        self.mask = torch.cat([_left_pad(mask, width) for mask in [*([self.mask] if self.kv else []), *ones]])
+        batch = [[(k[:, :, : self.width], v[:, :, : self.width])] for k, v in self.kv] or [[] for _ in joining[0]]
+        self.kv = [tuple(_with_room(torch.cat([_left_pad(kv[i], width) for kv in [*ours, *theirs]])) for i in (0, 1))
+                   for ours, theirs in zip(batch, zip(*joining))]
         self.width = width
-        token_id = picker(output.logits[0, -1])
-        self.rows.append(row)
-        self.pickers.append(picker)
-        self.next_ids.append(token_id)
-        self.positions.append(len(prompt_ids))
-        return token_id
 
 
 ROOM = 128  # free KV columns kept after the filled ones: a default reply decodes without reallocating
