@@ -8,7 +8,7 @@ prompts (chit-chat contexts, as `chattune align` makes them), k, completion leng
 top_p/top_k), batch, learning rate, KL weight, rewards (the cheap built-in `ending` and `length`, so the rows time
 RL and not a reward model) and number of steps. Everything else is each trainer's default: TRL 1.x turns bf16
 autocast and gradient checkpointing on; chattune keeps fp32 where bf16 is not native, no checkpointing, and decodes
-the rollouts with the LoRA adapter merged (chattune.train.align.merged_rollouts).
+the rollouts with its own batch decoder, the LoRA adapter merged and each prompt read once (chattune.train.rollouts).
 
 TRL gets two rows, as in train_throughput.py: its defaults as they behave here (on a CPU without native bf16 the
 autocast is emulated and very slow, so that row runs in a process killed after --stall-budget seconds, and reports
@@ -105,7 +105,8 @@ def run_chattune(args, method: str = "lora") -> dict:
     with tempfile.TemporaryDirectory() as run:
         trainer = make_trainer(cfg, Path(run), model, tokenizer, dataset, Console(quiet=True))
         meter = RolloutMeter(trainer, {"trainer": "chattune", "precision": precision, "settings": (
-            f"precision={precision}, memory={cfg.memory} micro-batches, LoRA merged for rollouts")})
+            f"precision={precision}, memory={cfg.memory} micro-batches, "
+            "rollouts by chattune's batch decoder with the LoRA merged")})
         trainer.train()
     return meter.summary(args.warmup)
 

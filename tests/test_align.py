@@ -127,7 +127,9 @@ def word_probabilities(run, replies) -> dict[str, float]:
 def test_a_reward_for_a_word_makes_the_policy_say_it_more(parent, tmp_path, monkeypatch):
     """The reward reaches the update: a user reward (module:function) counting "you" in each reply, 10 GRPO steps, and
     the word's probability rises, over the parent's and over a control run rewarding "pizza" instead (the same update
-    with the reward pointed elsewhere). Measured over seeds 0/1/2: 1.84/1.47/1.40x the parent's, 2.07/1.52/1.48x the
+    with the reward pointed elsewhere). The parent says "you" in ~4% of its sampled replies, so most groups of 8 carry
+    no signal: 16 groups a step (batch 128) make the rise reliable where 4 did not (seeds 0/1/2 gave 1.24/0.84/0.95x
+    the parent's). Measured with 128 over seeds 0/1/2/3: 2.03/2.05/1.64/1.84x the parent's, 2.12/2.09/1.72/2.00x the
     control's; "pizza" itself (rarer) did not rise reliably under its own reward, so only "you" is asserted."""
     (tmp_path / "word_rewards.py").write_text("import re\n" + WORD_REWARDS)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -135,7 +137,7 @@ def test_a_reward_for_a_word_makes_the_policy_say_it_more(parent, tmp_path, monk
     before, after = word_probabilities(parent, replies), {}
     for word in WORDS:
         run = tmp_path / word
-        assert main(["align", str(parent), "--method", "grpo", "--output", str(run), "--set", "batch_size=32",
+        assert main(["align", str(parent), "--method", "grpo", "--output", str(run), "--set", "batch_size=128",
                      "--set", "num_generations=8", "--set", "max_new_tokens=16", "--set", "max_steps=10",
                      "--set", "learning_rate=0.05", "--set", "lr_scheduler=constant", "--set", "warmup_ratio=0.0",
                      "--set", "beta=0.0", "--set", "precision=fp32", "--set", "seed=0",
@@ -197,14 +199,14 @@ def test_bad_preference_files_exit_2_with_one_line(parent, tmp_path, capsys, con
 
 
 def test_merged_rollouts_decode_the_same_tokens_and_restore_the_base(tiny_llama, tmp_path):
-    """chattune's rollouts (TRL's generate call with the LoRA adapter merged) give the tokens TRL's own call gives,
-    greedy, and leave the base weights and the unmerged adapter as they were."""
+    """chattune's rollouts (its batch decoder with the LoRA adapter merged) give the tokens TRL's own generate call
+    gives, greedy, and leave the base weights and the unmerged adapter as they were."""
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from chattune.train.align import merged_rollouts
+    from chattune.train.rollouts import merged_rollouts
 
     torch.manual_seed(0)  # init_lora_weights=False: B is random too, so the adapter changes what is decoded
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama),
@@ -227,6 +229,46 @@ def test_merged_rollouts_decode_the_same_tokens_and_restore_the_base(tiny_llama,
     weights = dict(model.named_parameters())
     assert all(torch.allclose(weights[name], weight, atol=1e-6) for name, weight in base.items())
     assert not any(getattr(module, "merged", False) for module in model.modules())
+
+
+def test_sampled_rollouts_replay_with_the_seed_and_min_p_goes_to_trl(tiny_llama, tmp_path, monkeypatch):
+    """Sampled rollouts through chattune's decoder: each prompt read once for its k completions, a seeded run draws
+    the same completions again, the k completions of a prompt differ, every completion stops at its end token or
+    the limit, and a setting chattune's sampler lacks (min_p) falls back to TRL's own generate call."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from chattune.train.rollouts import merged_rollouts, rollout_sampling
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2,
+                      max_completion_length=10, bf16=False, use_cpu=True, report_to="none", beta=0.0)
+    trainer = merged_rollouts(GRPOTrainer)(
+        model=model, reward_funcs=[lambda completions, **_: [0.0] * len(completions)], args=args,
+        train_dataset=Dataset.from_list([{"prompt": "hi"}] * 4), processing_class=tokenizer)
+    texts = ("hello how are you", "what is your favourite food")
+    prompts = [tokenizer(text)["input_ids"] for text in texts for _ in range(3)]  # k=3, as TRL repeats them
+    prompt_reads = []
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: prompt_reads.append(1) if kwargs[
+        "input_ids"].shape[1] > 1 else None, with_kwargs=True)
+    torch.manual_seed(3)
+    first, logprobs = trainer._generate_single_turn(prompts, None, {}, 3)
+    hook.remove()
+    torch.manual_seed(3)
+    again, _ = trainer._generate_single_turn(prompts, None, {}, 3)
+    assert len(prompt_reads) == 2 and logprobs is None
+    assert first == again and len({tuple(ids) for ids in first[:3]}) > 1
+    ends = set(trainer.eos_token_ids)
+    assert all(len(ids) == 10 or (ids[-1] in ends and not ends & set(ids[:-1])) for ids in first)
+    trainer.generation_config.min_p = 0.1
+    assert rollout_sampling(trainer.generation_config, model.generation_config) is None
+    called, original = [], GRPOTrainer._generate_single_turn
+    monkeypatch.setattr(GRPOTrainer, "_generate_single_turn",
+                        lambda self, *args: called.append(1) or original(self, *args))
+    trainer._generate_single_turn(prompts[:1], None, {}, 1)
+    assert called == [1]
 
 
 def test_align_trainer_rollouts_in_fp32_without_checkpointing_where_bf16_is_emulated(parent, tmp_path):

@@ -11,18 +11,16 @@ pairs -> TRL's GRPOTrainer / RLOOTrainer / DPOTrainer with the shared callbacks 
 progress line with reward and KL) -> save the adapter or weights (TRL's frozen reference copy left out) ->
 metrics.json. Returns what the before/after evaluation needs (chattune.evaluate.align, called by chattune.pipeline).
 
-Speed: rollouts are TRL's one `generate` call per step for all k completions of all its prompts, over a KV cache, in
-the parent's precision choice (fp32 on CPUs without native bf16), and with the LoRA adapter merged into the base
-weights while they decode (merged_rollouts), where TRL's defaults turn on bf16 autocast and decode through the
-unmerged adapter. The loss runs in the micro-batches of `memory` (balanced: activations within a budget, checkpointing
-only the layers that must be, where TRL's default checkpoints every layer). benchmarks/align_throughput.py measures
-both side by side.
+Speed: the rollouts of a step, all k completions of all its prompts, decode as one batch of chattune's decoder with
+the LoRA adapter merged, each prompt read once (chattune.train.rollouts), in the parent's precision choice (fp32 on
+CPUs without native bf16), where TRL's defaults turn on bf16 autocast and `generate` through the unmerged adapter.
+The loss runs in the micro-batches of `memory` (balanced: activations within a budget, checkpointing only the layers
+that must be, where TRL's default checkpoints every layer). benchmarks/align_throughput.py measures both side by side.
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,8 +44,8 @@ from chattune.runs import Run
 from chattune.train.callbacks import RichProgress
 from chattune.train.common import (cleanup_on_failure, device_arguments, prepare_run_folder, save_weights,
                                    seed_everything, shared_callbacks, training_arguments)
-from chattune.train.memory import kept_checkpointing
 from chattune.train.rewards import load_rewards
+from chattune.train.rollouts import merged_rollouts
 from chattune.train.sft import fit_memory, use_bf16
 
 FILTER_SEED_OFFSET = 1_000  # the toxic-prone filter samples with seed + this: the evaluation's samples are fresh ones
@@ -227,43 +225,6 @@ def make_trainer(cfg: AlignConfig, run: Path, model, tokenizer, dataset, console
                                 train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # RichProgress prints instead of raw log dicts
     return trainer
-
-
-@contextmanager
-def merged_adapter(model):
-    """The active LoRA adapter folded into the base weights for the duration (peft's merge_adapter), then taken out
-    again (unmerge_adapter: the base weights come back within float rounding, ~1e-7 relative). A model without an
-    unmerged adapter is left as it is."""
-    merge = getattr(model, "merge_adapter", None)
-    if merge is None or any(getattr(module, "merged", False) for module in model.modules()):
-        yield model
-        return
-    merge()
-    try:
-        yield model
-    finally:
-        model.unmerge_adapter()
-
-
-def merged_rollouts(trainer_class):
-    """TRL's GRPOTrainer or RLOOTrainer whose rollouts decode with the LoRA adapter merged into the base weights.
-    Unmerged, every adapted linear layer runs three matmuls, a dropout and an add per decoded token; merged, one, as
-    a plain model decodes. The completions are the same tokens (tests/test_align.py); only `_generate_single_turn`,
-    TRL's one plain-`generate` call per step, changes, so the loss, the reference model and the logging stay TRL's.
-    Around it, the layers `memory` chose to checkpoint stay the only ones (kept_checkpointing)."""
-
-    class MergedRollouts(trainer_class):
-        def _generate_single_turn(self, *args, **kwargs):
-            with merged_adapter(self.accelerator.unwrap_model(self.model)):
-                return super()._generate_single_turn(*args, **kwargs)
-
-        def _generate_and_score_completions(self, *args, **kwargs):
-            # TRL turns checkpointing off for the rollouts and back on for every layer: keep memory's selection
-            with kept_checkpointing(self.accelerator.unwrap_model(self.model)):
-                return super()._generate_and_score_completions(*args, **kwargs)
-
-    MergedRollouts.__name__ = MergedRollouts.__qualname__ = f"MergedRollouts{trainer_class.__name__}"
-    return MergedRollouts
 
 
 def save_policy(cfg: AlignConfig, folder: Run, model, tokenizer) -> None:
