@@ -139,3 +139,32 @@ def test_prefix_reuse_keeps_seeded_sampling_reproducible(tiny_run):
     replies, reused, _ = chat_turns(fast, fast.new_batch(), CHAT, seeded)
     assert replies == chat_turns(plain, plain.new_batch(), CHAT, seeded)[0] and reused[-1] > 0
     assert chat_turns(fast, fast.new_batch(), CHAT, seeded)[0] == replies  # and again, in a fresh batch
+
+
+def test_identical_prompts_joining_together_read_the_prompt_once(tiny_run):
+    pytest.importorskip("llama_cpp", reason="the llama.cpp backend is an optional extra: pip install '.[llamacpp]'")
+    from chattune.generate.llamacpp import LlamaCppBackend
+
+    samplings = [Sampling(temperature=0, max_new_tokens=12), Sampling(temperature=1.0, seed=3, max_new_tokens=12),
+                 Sampling(temperature=0.8, top_p=0.9, seed=4, max_new_tokens=12)]  # OpenAI n=3, as the engine adds
+
+    def replies(backend) -> tuple[list[list[int]], list[int], int]:
+        batch, prompt = backend.new_batch(), backend.prompt_ids([{"role": "user", "content": CHAT[0]}])
+        rows = {batch.add(prompt, sampling): [] for sampling in samplings}
+        reused, tokens_read = {}, 0
+        while len(reused) < len(rows):
+            for row, token_id in batch.step().items():
+                rows[row].append(token_id)
+                if token_id in backend.stop_ids or len(rows[row]) == 12:
+                    reused[row] = batch.reused(row)
+                    batch.remove(row)
+            tokens_read = max(tokens_read, batch.batch.batch.n_tokens)
+        return list(rows.values()), [reused[row] for row in rows], tokens_read
+
+    plain = LlamaCppBackend.load(str(tiny_run), "f16", prefix_reuse=False)
+    fast = LlamaCppBackend.load(str(tiny_run), "f16")
+    expected, none_reused, plain_read = replies(plain)
+    together, reused, read = replies(fast)
+    prompt_length = len(fast.prompt_ids([{"role": "user", "content": CHAT[0]}]))
+    assert together == expected and none_reused == [0, 0, 0] and plain_read == 3 * prompt_length
+    assert reused == [0, prompt_length - 1, prompt_length - 1] and read == prompt_length  # the widest step

@@ -99,6 +99,7 @@ class _Sequence:
     position: int = 0  # position of the next token read
     end: int = 0  # position it may reach: prompt + max_new_tokens (the cells it may need, with the reused ones)
     reused: int = 0  # prompt tokens whose KV came from an earlier or running sequence instead of being read
+    waiting: list[int] | None = None  # its prompt, while another row reads the same one (it then copies that KV)
 
 
 def _common_prefix(prompt: np.ndarray, held: list[int]) -> int:
@@ -203,10 +204,21 @@ class LlamaCppBatch:
         picker = TokenPicker(sampling, prompt_ids=prompt_ids)
         if top_logprobs is not None:
             picker = NotingPicker(picker, top_logprobs)
-        seq_id, reused = self.cache.attach(prompt_ids) if self.prefix_reuse else (self.cache.new_id(), 0)
-        self.sequences[self.last_row] = _Sequence(seq_id, picker, list(prompt_ids[reused:]), reused,
-                                                  len(prompt_ids) + sampling.max_new_tokens, reused)
+        self.sequences[self.last_row] = _Sequence(-1, picker, [], end=len(prompt_ids) + sampling.max_new_tokens)
+        self._join(self.sequences[self.last_row], prompt_ids)
         return self.last_row
+
+    def _join(self, sequence: _Sequence, prompt_ids: list[int]) -> None:
+        """Give the row a sequence id and the prompt tokens it has to read. With reuse, a row whose prompt another
+        row is still reading (OpenAI's `n`: the same prompt joins n times at once) waits for it, then copies its KV
+        and reads only the last token: one prompt read for all of them, for a one-token step of delay."""
+        if self.prefix_reuse and any(len(other.pending) > 1 and self.cache.held[other.seq_id] + other.pending
+                                     == prompt_ids for other in self.sequences.values() if other.seq_id >= 0):
+            sequence.waiting = prompt_ids
+            return
+        seq_id, reused = self.cache.attach(prompt_ids) if self.prefix_reuse else (self.cache.new_id(), 0)
+        sequence.seq_id, sequence.pending, sequence.position, sequence.reused = (
+            seq_id, list(prompt_ids[reused:]), reused, reused)
 
     def reused(self, row: int) -> int:
         """Prompt tokens of the row that were not read because their KV was already in the cache."""
@@ -220,6 +232,8 @@ class LlamaCppBatch:
         """The row leaves; with prefix reuse its KV stays parked for a later prompt that starts the same way
         (the conversation's next turn) until its cells or its sequence id are needed."""
         seq_id = self.sequences.pop(row).seq_id
+        if seq_id < 0:  # it was still waiting for another row's prompt
+            return
         if self.prefix_reuse:
             self.cache.parked[seq_id] = None
         else:
@@ -227,6 +241,10 @@ class LlamaCppBatch:
 
     def step(self) -> dict[int, int]:
         """One llama_decode: every running row's last token first, then prompt chunks while room is left."""
+        for sequence in self.sequences.values():
+            if sequence.waiting is not None:
+                prompt_ids, sequence.waiting = sequence.waiting, None
+                self._join(sequence, prompt_ids)
         # parked KV gives way to what the running rows may still write, so llama_decode always finds cells
         self.cache.evict(self.context.n_ctx() - sum(s.end - s.position for s in self.sequences.values()))
         batch, reads = self.batch.batch, []  # reads: (row, batch index) of rows whose next token is due
