@@ -65,3 +65,106 @@ def test_llamacpp_batch_equals_solo_and_seeds_hold_in_a_crowd(tiny_run):
     end = fast.stop_ids
     assert all(len(row) == 12 or row[-1] in end for row in together[:2])
     assert fast.decode(together[0]).startswith("i ")
+
+
+def chat_turns(backend, batch, users: list[str], sampling: Sampling) -> tuple[list[list[int]], list[int], list]:
+    """A chat through one batch, as the server's engine keeps it: each turn's prompt is the previous prompt, the
+    reply and the next user message. Returns every turn's reply ids, how many prompt tokens each reused, and its
+    prompt ids."""
+    messages, replies, reused, prompts = [], [], [], []
+    for text in users:
+        messages.append({"role": "user", "content": text})
+        prompts.append(backend.prompt_ids(messages))
+        row, out = batch.add(prompts[-1], sampling), []
+        reused.append(batch.reused(row))
+        while not out or (out[-1] not in backend.stop_ids and len(out) < sampling.max_new_tokens):
+            out += batch.step().values()
+        batch.remove(row)
+        replies.append(out)
+        messages.append({"role": "assistant", "content": backend.decode(out)})
+    return replies, reused, prompts
+
+
+CHAT = ["hello how are you 3", "what is your favourite food", "and what else do you like"]
+
+
+def test_prefix_reuse_reads_only_the_new_part_of_each_turn_and_changes_no_token(tiny_run):
+    pytest.importorskip("llama_cpp", reason="the llama.cpp backend is an optional extra: pip install '.[llamacpp]'")
+    from chattune.generate.llamacpp import LlamaCppBackend
+
+    greedy = Sampling(temperature=0, max_new_tokens=12)
+    plain = LlamaCppBackend.load(str(tiny_run), "f16", prefix_reuse=False)
+    expected, none_reused, _ = chat_turns(plain, plain.new_batch(), CHAT, greedy)
+    fast = LlamaCppBackend.load(str(tiny_run), "f16")
+    replies, reused, prompts = chat_turns(fast, fast.new_batch(), CHAT, greedy)
+    assert replies == expected and none_reused == [0, 0, 0]
+    assert fast.decode(replies[0]).startswith("i ")
+    # a later turn reads none of the previous prompt again, only the previous reply (exactly its stop token and the
+    # newline after it when the reply's text tokenizes back to the ids generated) and the new user message
+    for turn in (1, 2):
+        assert reused[turn] >= len(prompts[turn - 1]) and len(prompts[turn]) - reused[turn] < len(prompts[turn]) / 2
+    assert len(prompts[1]) - reused[1] == len(fast.prompt_ids([{"role": "user", "content": CHAT[1]}])) + 2
+
+
+@pytest.mark.parametrize("parked", [30, 3])  # 30: the 256 cells run out first; 3: the sequence ids do
+def test_prefix_reuse_evicts_parked_chats_when_their_cells_or_ids_are_needed(tiny_run, monkeypatch, parked):
+    pytest.importorskip("llama_cpp", reason="the llama.cpp backend is an optional extra: pip install '.[llamacpp]'")
+    from chattune.generate import llamacpp
+
+    monkeypatch.setattr(llamacpp, "PARKED", parked)
+    greedy = Sampling(temperature=0, max_new_tokens=64)  # replies end sooner, but each row reserves 64 cells
+    chats = [[f"hello how are you {i}", "what is your favourite food"] for i in range(8)]
+    plain = llamacpp.LlamaCppBackend.load(str(tiny_run), "f16", max_batch=2, kv_tokens=256, prefix_reuse=False)
+    fast = llamacpp.LlamaCppBackend.load(str(tiny_run), "f16", max_batch=2, kv_tokens=256)
+    assert fast.n_seq == 2 + parked and fast.context.n_ctx() == 256
+    batch = fast.new_batch()
+    for chat in chats:  # 8 chats of ~60 tokens each: more than 256 cells (or 5 ids) hold, so the oldest go
+        replies, reused, _ = chat_turns(fast, batch, chat, greedy)
+        assert replies == chat_turns(plain, plain.new_batch(), chat, greedy)[0] and reused[1] > 20
+        assert batch.cache.used <= 256 and len(batch.cache.parked) <= min(parked + 1, 5)
+    # the first turns again, in the same batch: the newest chat is still parked, the oldest was evicted and only
+    # the start it shares with the others ("<|im_start|>user\nhello how are you ") is found
+    again = [chat_turns(fast, batch, chat[:1], greedy)[1][0] for chat in reversed(chats)]
+    assert again[0] == len(fast.prompt_ids([{"role": "user", "content": chats[-1][0]}])) - 1
+    assert 0 < again[-1] < again[0]
+
+
+def test_prefix_reuse_keeps_seeded_sampling_reproducible(tiny_run):
+    pytest.importorskip("llama_cpp", reason="the llama.cpp backend is an optional extra: pip install '.[llamacpp]'")
+    from chattune.generate.llamacpp import LlamaCppBackend
+
+    seeded = Sampling(temperature=1.0, seed=7, max_new_tokens=10)
+    plain = LlamaCppBackend.load(str(tiny_run), "f16", prefix_reuse=False)
+    fast = LlamaCppBackend.load(str(tiny_run), "f16")
+    replies, reused, _ = chat_turns(fast, fast.new_batch(), CHAT, seeded)
+    assert replies == chat_turns(plain, plain.new_batch(), CHAT, seeded)[0] and reused[-1] > 0
+    assert chat_turns(fast, fast.new_batch(), CHAT, seeded)[0] == replies  # and again, in a fresh batch
+
+
+def test_identical_prompts_joining_together_read_the_prompt_once(tiny_run):
+    pytest.importorskip("llama_cpp", reason="the llama.cpp backend is an optional extra: pip install '.[llamacpp]'")
+    from chattune.generate.llamacpp import LlamaCppBackend
+
+    samplings = [Sampling(temperature=0, max_new_tokens=12), Sampling(temperature=1.0, seed=3, max_new_tokens=12),
+                 Sampling(temperature=0.8, top_p=0.9, seed=4, max_new_tokens=12)]  # OpenAI n=3, as the engine adds
+
+    def replies(backend) -> tuple[list[list[int]], list[int], int]:
+        batch, prompt = backend.new_batch(), backend.prompt_ids([{"role": "user", "content": CHAT[0]}])
+        rows = {batch.add(prompt, sampling): [] for sampling in samplings}
+        reused, tokens_read = {}, 0
+        while len(reused) < len(rows):
+            for row, token_id in batch.step().items():
+                rows[row].append(token_id)
+                if token_id in backend.stop_ids or len(rows[row]) == 12:
+                    reused[row] = batch.reused(row)
+                    batch.remove(row)
+            tokens_read = max(tokens_read, batch.batch.batch.n_tokens)
+        return list(rows.values()), [reused[row] for row in rows], tokens_read
+
+    plain = LlamaCppBackend.load(str(tiny_run), "f16", prefix_reuse=False)
+    fast = LlamaCppBackend.load(str(tiny_run), "f16")
+    expected, none_reused, plain_read = replies(plain)
+    together, reused, read = replies(fast)
+    prompt_length = len(fast.prompt_ids([{"role": "user", "content": CHAT[0]}]))
+    assert together == expected and none_reused == [0, 0, 0] and plain_read == 3 * prompt_length
+    assert reused == [0, prompt_length - 1, prompt_length - 1] and read == prompt_length  # the widest step

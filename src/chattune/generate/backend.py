@@ -7,7 +7,7 @@
     batch = backend.new_batch()                          # continuous batching (the server's engine)
     row = batch.add(prompt_ids, Sampling(seed=1))        # joins at the next step
     batch.step()                                         # {row: next token id} for every row
-    batch.remove(row)                                    # leaves between steps; its KV cache is freed
+    batch.remove(row)                                    # leaves between steps; its KV no longer counts
 
 Serving (`serve.engine`) and terminal chat both decode through this interface, so a faster backend only has to
 produce the same token ids; everything about text (incremental decoding, stop strings, whitespace) is `ReplyText`.
@@ -42,7 +42,8 @@ class DecodeBatch(Protocol):
         """One decode step: the next token of every row that has one (a long prompt may take a few steps)."""
 
     def remove(self, row: int) -> None:
-        """The row leaves the batch and its KV cache is freed."""
+        """The row leaves the batch; its KV no longer counts against `kv_tokens` (hf frees it; llama.cpp may keep
+        it cached for a later prompt that starts the same way, and evicts it before its cells are needed)."""
 
 
 class DecodeBackend(Protocol):
