@@ -20,6 +20,7 @@ with settings HFBatch does not sample with (min_p) go to TRL's own call, still w
 from __future__ import annotations
 
 import copy
+import dataclasses
 from contextlib import contextmanager
 
 import torch
@@ -81,7 +82,7 @@ def batched_completions(model, prompt_ids: list[list[int]], sampling: Sampling, 
 
     seed = int(torch.randint(0, 2**62, (1,)))
     completions: list[list[int]] = [[] for _ in prompt_ids]
-    samplings = [Sampling(**{**sampling.__dict__, "seed": seed + row}) for row in range(len(prompt_ids))]
+    samplings = [dataclasses.replace(sampling, seed=seed + row) for row in range(len(prompt_ids))]
     training = model.training
     model.eval()  # no dropout while decoding (TRL's generate call leaves the model as it was, in training mode)
     try:
