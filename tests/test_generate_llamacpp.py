@@ -106,6 +106,35 @@ def test_prefix_reuse_reads_only_the_new_part_of_each_turn_and_changes_no_token(
     assert len(prompts[1]) - reused[1] == len(fast.prompt_ids([{"role": "user", "content": CHAT[1]}])) + 2
 
 
+def test_terminal_chat_turns_reuse_the_previous_turn_and_an_interrupted_turn_leaves_no_row(tiny_run):
+    """`generate` (terminal chat) keeps its batch between calls: turn 2 reads only its new part and decodes what a
+    fresh backend decodes; a turn stopped by its caller (Ctrl-C in the chat) leaves no row behind."""
+    pytest.importorskip("llama_cpp", reason="the llama.cpp backend is an optional extra: pip install '.[llamacpp]'")
+    from chattune.generate.llamacpp import LlamaCppBackend
+
+    greedy = Sampling(temperature=0, max_new_tokens=12)
+    fast = LlamaCppBackend.load(str(tiny_run), "f16")
+    plain = LlamaCppBackend.load(str(tiny_run), "f16", prefix_reuse=False)
+    messages, prompt_reads = [], []
+    for text in CHAT[:2]:
+        messages.append({"role": "user", "content": text})
+        prompt, reply, expected = fast.prompt_ids(messages), [], []
+        cells_before = fast.kept_batch.cache.next_cell if fast.kept_batch else 0  # one cell per token read
+        fast.generate(prompt, greedy, lambda token: reply.append(token) or True)
+        plain.generate(prompt, greedy, lambda token: expected.append(token) or True)
+        assert reply == expected
+        prompt_reads.append(fast.kept_batch.cache.next_cell - cells_before - (len(reply) - 1))
+        messages.append({"role": "assistant", "content": fast.decode(reply)})
+    assert prompt_reads[0] == len(fast.prompt_ids(messages[:1])) and prompt_reads[1] < len(prompt) / 2
+
+    def interrupted(token_id: int) -> bool:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fast.generate(fast.prompt_ids(messages + [{"role": "user", "content": CHAT[2]}]), greedy, interrupted)
+    assert not fast.kept_batch.sequences
+
+
 @pytest.mark.parametrize("parked", [30, 3])  # 30: the 256 cells run out first; 3: the sequence ids do
 def test_prefix_reuse_evicts_parked_chats_when_their_cells_or_ids_are_needed(tiny_run, monkeypatch, parked):
     pytest.importorskip("llama_cpp", reason="the llama.cpp backend is an optional extra: pip install '.[llamacpp]'")

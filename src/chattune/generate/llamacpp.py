@@ -281,6 +281,7 @@ class LlamaCppBackend:
         self.prompt = ChatPrompt(tokenizer, system_prompt)
         self.stop_ids = self.prompt.stop_ids
         self.max_batch, self.kv_tokens, self.prefix_reuse = max_batch, kv_tokens, prefix_reuse
+        self.kept_batch: LlamaCppBatch | None = None  # `generate`'s, from call to call
         # sequence ids: the running rows', then those of parked ones (llama.cpp allows 256 in all)
         self.n_seq = min(max_batch + PARKED, LLAMA_MAX_SEQ) if prefix_reuse else max_batch
         self.context_length = min(CONTEXT_TOKENS, kv_tokens)
@@ -317,11 +318,15 @@ class LlamaCppBackend:
 
     def new_batch(self) -> LlamaCppBatch:
         self.context.kv_cache_clear()  # a batch owns the whole context
+        self.kept_batch = None  # so the one `generate` kept holds nothing any more
         return LlamaCppBatch(self)
 
     def generate(self, prompt_ids: list[int], sampling: Sampling, on_token: Callable[[int], bool]) -> None:
-        """Call `on_token` for each new token (the stop token included, as the HF backend does)."""
-        decode_together(self, [prompt_ids], [sampling], [on_token])
+        """Call `on_token` for each new token (the stop token included, as the HF backend does). One batch is kept
+        from call to call, so with prefix reuse the next turn of a terminal chat reads only its new part."""
+        if self.kept_batch is None:
+            self.kept_batch = self.new_batch()
+        decode_together(self, [prompt_ids], [sampling], [on_token], batch=self.kept_batch)
 
     def close(self) -> None:
         self.llama_batch.close()
