@@ -7,7 +7,7 @@ import torch
 
 from chattune.cli import build_parser
 from chattune.errors import InputError
-from chattune.generate.pick import TokenPicker, logits_warpers
+from chattune.generate.pick import TokenPicker, draw, logits_warpers
 from chattune.generate.sampling import Sampling
 from chattune.serve.schemas import ChatRequest
 
@@ -41,6 +41,17 @@ def test_a_picker_draws_from_its_own_generator():
     assert seeded == draws(Sampling(temperature=1.0, seed=3)) != draws(Sampling(temperature=1.0, seed=4))
     assert set(draws(Sampling(temperature=0))) == {int(logits.argmax())}
     assert draws(Sampling(temperature=1.5, top_k=1)) == [int(logits.argmax())] * 20
+
+
+def test_a_draw_follows_the_distribution_and_never_picks_a_token_of_probability_0():
+    """The inverse-CDF draw is the categorical distribution: 20,000 draws land within 1.5 points of each token's
+    probability (a standard error is <0.4 points), and tokens cut to probability 0 never come up, at either end."""
+    probs = torch.tensor([0.0, 0.5, 0.0, 0.3, 0.15, 0.05, 0.0])
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.bincount(torch.tensor([draw(probs, generator) for _ in range(20_000)]), minlength=len(probs))
+    assert (counts[probs == 0] == 0).all()
+    assert torch.allclose(counts / 20_000, probs, atol=0.015)
+    assert draw(torch.tensor([0.0, 0.0, 1.0]), generator) == 2
 
 
 def test_cli_and_server_defaults_are_samplings():

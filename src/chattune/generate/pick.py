@@ -27,6 +27,15 @@ def logits_warpers(sampling: Sampling):
     return warpers
 
 
+def draw(probs: torch.Tensor, generator: torch.Generator) -> int:
+    """One token from the distribution `probs` by its inverse CDF: one uniform draw. torch.multinomial draws one
+    exponential per vocabulary entry for a single sample (49k on SmolLM2): ~1.5 ms a token on 2 cores, 11% of a
+    16-row GRPO rollout. A token of probability 0 (cut by top-k/top-p) has an empty interval and is never drawn."""
+    cdf = probs.double().cumsum(-1)  # double: 49k partial sums keep the resolution of the smallest probabilities
+    u = torch.rand((), dtype=torch.float64, generator=generator, device=probs.device) * cdf[-1]
+    return int(torch.searchsorted(cdf, u, right=True).clamp_(max=len(cdf) - 1))
+
+
 class TokenPicker:
     """The likeliest token (greedy), or one drawn from the warped distribution with the request's own generator.
     Before that, over the prompt and the reply so far (the sequence `model.generate` sees), transformers' two
@@ -49,7 +58,7 @@ class TokenPicker:
             token_id = int(logits.argmax())
         else:
             scores = self.warpers(None, logits[None])  # the warpers read scores only, never input ids
-            token_id = int(torch.multinomial(scores.softmax(-1), 1, generator=self.generator))
+            token_id = draw(scores[0].softmax(-1), self.generator)
         self.seen.add(token_id)
         self._extend(token_id)
         return token_id

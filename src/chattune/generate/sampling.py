@@ -2,7 +2,7 @@
 
     sampling = Sampling(temperature=0)                  # greedy
     sampling = Sampling(seed=1)                         # reproducible sampling
-    torch.multinomial(probs, 1, generator=sampling.generator())
+    draw(probs, sampling.generator())                   # generate.pick.draw
 
 Seeding is per request: `generator()` hands out a `torch.Generator`, so a seeded reply never touches (or depends on)
 the global torch RNG that training, dropout or another request may be using.
