@@ -16,7 +16,6 @@ cache, and dropped from it when the row leaves; the tokens are those of `model.g
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -26,7 +25,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from chattune.data.conversation import Conversation
 from chattune.generate.logprobs import NotingPicker, TokenLogprob
 from chattune.generate.pick import TokenPicker
-from chattune.generate.together import decode_together
+from chattune.generate.together import decode_together, tokens_together
 from chattune.generate.prompt import ChatPrompt
 from chattune.generate.sampling import Sampling
 from chattune.generate.text import Reply
@@ -208,11 +207,7 @@ class HFBackend:
         """Whole replies to every conversation, decoded as one batch, each row with its own generator. A seed reproduces
         every reply: row i is seeded with `sampling.seed + i`, so equal conversations (k samples of one context, n
         dialogues on one topic) still get different replies."""
-        tokens: list[list[int]] = [[] for _ in conversations]
-        samplings = [sampling if sampling.seed is None else dataclasses.replace(sampling, seed=sampling.seed + row)
-                     for row in range(len(conversations))]
-        decode_together(self, [self.prompt_ids(c) for c in conversations], samplings,
-                        [lambda token_id, row=row: tokens[row].append(token_id) or True for row in range(len(tokens))])
+        tokens = tokens_together(self, [self.prompt_ids(c) for c in conversations], sampling)
         return [Reply(self.decode(row).strip(), bool(row) and row[-1] in self.stop_ids) for row in tokens]
 
 

@@ -2,10 +2,12 @@
 it; the server's engine drives a `DecodeBatch` itself (rows join and leave there).
 
     decode_together(backend, [prompt_ids], [Sampling(temperature=0)], [lambda token_id: True])
+    tokens_together(backend, prompts, Sampling(seed=1))     # every row's token ids, row i seeded with seed + i
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from chattune.generate.sampling import Sampling
@@ -31,3 +33,14 @@ def decode_together(backend, prompts: list[list[int]], samplings: list[Sampling]
     finally:
         for row in rows:
             batch.remove(row)
+
+
+def tokens_together(backend, prompts: list[list[int]], sampling: Sampling) -> list[list[int]]:
+    """Every prompt's reply token ids (its stop token included), decoded as one batch. A seeded `sampling` seeds row
+    i with `seed + i`, so equal prompts (k samples of one context, n dialogues on one topic) still differ."""
+    tokens: list[list[int]] = [[] for _ in prompts]
+    samplings = [sampling if sampling.seed is None else dataclasses.replace(sampling, seed=sampling.seed + row)
+                 for row in range(len(prompts))]
+    decode_together(backend, prompts, samplings,
+                    [lambda token_id, row=row: tokens[row].append(token_id) or True for row in range(len(prompts))])
+    return tokens

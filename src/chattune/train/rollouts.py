@@ -78,20 +78,15 @@ def batched_completions(model, prompt_ids: list[list[int]], sampling: Sampling, 
                         ) -> list[list[int]]:
     """Each prompt's completion token ids, its end token included (as TRL's are), all decoded as one HFBatch. Row r
     samples with seed + r, the seed drawn from the global torch RNG."""
-    from chattune.generate.together import decode_together
+    from chattune.generate.together import tokens_together
 
     seed = int(torch.randint(0, 2**62, (1,)))
-    completions: list[list[int]] = [[] for _ in prompt_ids]
-    samplings = [dataclasses.replace(sampling, seed=seed + row) for row in range(len(prompt_ids))]
     training = model.training
     model.eval()  # no dropout while decoding (TRL's generate call leaves the model as it was, in training mode)
     try:
-        decode_together(_RolloutModel(model, stop_ids), prompt_ids, samplings,
-                        [lambda token_id, row=row: completions[row].append(token_id) or True
-                         for row in range(len(prompt_ids))])
+        return tokens_together(_RolloutModel(model, stop_ids), prompt_ids, dataclasses.replace(sampling, seed=seed))
     finally:
         model.train(training)
-    return completions
 
 
 def merged_rollouts(trainer_class):
