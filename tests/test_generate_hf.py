@@ -48,6 +48,33 @@ def test_hf_batch_equals_solo_greedy_and_a_stopped_row_leaves_the_others(chat_ba
     assert len({len(s) for s in solo}) > 1  # rows ended at different steps (end of turn vs max_new_tokens)
 
 
+def test_a_leaving_row_frees_its_place_and_its_columns_without_changing_the_others(chat_backend):
+    """A row that leaves hands its place to the last row (its KV is not copied around the batch), and the left
+    columns only it used go once they are a quarter of the width; the rows that stay decode as they would alone."""
+    backend = chat_backend
+    sampling = Sampling(temperature=0, max_new_tokens=16)
+    long_prompt = "tell me a story " * 8
+    prompts = [long_prompt, *PROMPTS[:4]]
+    with one_torch_thread():
+        solo = [solo_tokens(backend, prompt, sampling) for prompt in prompts]
+        batch = backend.new_batch()
+        rows = [batch.add(backend.prompt_ids(user(prompt)), sampling) for prompt in prompts]
+        tokens = {row: [] for row in rows}
+        for row, token_id in batch.step().items():
+            tokens[row].append(token_id)
+        width, buffer = batch.width, batch.kv[0][0].data_ptr()
+        batch.remove(rows[1])  # a short row: the last one takes its place, in the same buffer
+        assert batch.rows == [rows[0], rows[4], rows[2], rows[3]] and batch.kv[0][0].data_ptr() == buffer
+        batch.remove(rows[0])  # the long one: the columns only it used go
+        assert batch.width < width * 3 // 4
+        while batch.rows:
+            for row, token_id in batch.step().items():
+                tokens[row].append(token_id)
+                if token_id in backend.stop_ids or len(tokens[row]) >= sampling.max_new_tokens:
+                    batch.remove(row)
+    assert [tokens[row] for row in rows[2:]] == solo[2:]
+
+
 def test_hf_batch_sampling_at_a_tiny_temperature_is_greedy(chat_backend):
     backend = chat_backend
     prompts = PROMPTS[:4]

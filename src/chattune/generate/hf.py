@@ -71,18 +71,26 @@ class HFBatch:
         if row not in self.rows:
             self.waiting = [w for w in self.waiting if w[0] != row]
             return
-        index = self.rows.index(row)
-        keep = [i for i in range(len(self.rows)) if i != index]
+        index, last = self.rows.index(row), len(self.rows) - 1
+        # the last row moves into the leaving row's place and the batch shrinks by one: one row's KV is copied, not
+        # the whole cache's (a full copy per leaving row was ~7% of a 16-row GRPO rollout)
         for column in (self.rows, self.pickers, self.next_ids, self.positions):
-            del column[index]
+            column[index] = column[last]
+            del column[last]
+        for keys, values in self.kv:
+            keys[index], values[index] = keys[last], values[last]
+        self.mask[index] = self.mask[last]
         if not self.rows:
             self.kv, self.mask, self.width = [], None, 0
             return
-        first = int(self.mask[keep].any(0).nonzero()[0])  # columns that only the leaving row used go too
-        self.mask = self.mask[keep, first:]
-        self.kv = [(_with_room(k[keep, :, first : self.width]), _with_room(v[keep, :, first : self.width]))
-                   for k, v in self.kv]
-        self.width -= first
+        self.kv = [(keys[:last], values[:last]) for keys, values in self.kv]
+        self.mask = self.mask[:last]
+        first = int(self.mask.any(0).nonzero()[0])  # left columns that only rows gone used
+        if first * 4 >= self.width:  # dropped once they are a quarter of the width: attention stops paying for them
+            self.mask = self.mask[:, first:]
+            self.kv = [(_with_room(k[:, :, first : self.width]), _with_room(v[:, :, first : self.width]))
+                       for k, v in self.kv]
+            self.width -= first
 
     @torch.no_grad()
     def step(self) -> dict[int, int]:
