@@ -182,6 +182,34 @@ def test_dpo_trains_on_the_web_chat_store(parent, tmp_path):
     assert json.loads((run / "data_report.json").read_text())["preferences"]["pairs"] == 2
 
 
+def test_an_evaluated_alignment_writes_its_table_and_report(parent, tmp_path):
+    """Parent vs aligned on held-out contexts (alignment.json: every metric with its paired interval) and report.html's
+    alignment sections: reward and KL curves, the before/after table, the contexts whose toxicity fell most."""
+    run = tmp_path / "grpo"
+    fast = FAST[:-2]  # FAST but its eval_prompts=0
+    assert main(["align", str(parent), "--method", "grpo", "--output", str(run), *fast, "--set", "eval_prompts=3",
+                 "--set", "eval_samples=2", "--set", "toxic_prone=false"]) == 0
+    result = json.loads((run / "alignment.json").read_text())
+    assert result["task"] == "align" and result["contexts"] == 3 and result["sampling"]["k"] == 2
+    keys = {row["key"] for row in result["metrics"]}
+    assert {"toxicity", "toxicity_greedy", "relevance", "perplexity", "ended"} <= keys
+    assert all(row["ci"][0] <= row["delta"] <= row["ci"][1] for row in result["metrics"])
+    assert len(result["examples"]) == 3 and all(len(e["tuned"]["samples"]) == 2 for e in result["examples"])
+    page = (run / "report.html").read_text()
+    assert "Alignment curves" in page and page.count('src="data:image/png;base64,') == 2  # rewards, KL
+    assert "<th>parent</th>" in page and "<th>aligned</th>" in page and result["metrics"][0]["label"] in page
+    assert "whose toxicity fell most" in page and page.count("greedy: ") == 6  # 3 contexts x 2 models
+    assert "toxicity x 1" in page  # the run summary names the rewards and their weights
+
+    dpo = tmp_path / "dpo"
+    db = tmp_path / "chats.sqlite"
+    _feedback_store(db)
+    assert main(["align", str(parent), "--method", "dpo", "--data", str(db), "--output", str(dpo), *FAST]) == 0
+    page = (dpo / "report.html").read_text()  # no evaluation asked for: the curves, and a line saying so
+    assert 'alt="rewards against the optimizer step"' in page and "No held-out evaluation" in page
+    assert main(["report", str(dpo)]) == 0
+
+
 @pytest.mark.parametrize("content, message", [
     ('{"prompt": "hi", "chosen": "yo"}\n', "no 'rejected' column"),
     ('{"prompt": "hi", "chosen": "yo", "rejected": "yo"}\n', "chosen and rejected are the same reply"),

@@ -218,7 +218,8 @@ def cmd_align(args) -> None:
     result = align_and_evaluate(cfg, run, overwrite=args.overwrite, console=Console(stderr=True))
     if result["evaluation"] is not None:
         print_alignment(result["evaluation"], Console())
-    print(f"run folder: {run}\n  chat:     chattune chat {run}\n  compare:  {run / 'alignment.json'}")
+    print(f"run folder: {run}\n  chat:     chattune chat {run}\n  compare:  {run / 'alignment.json'}\n"
+          f"  report:   {run / 'report.html'}")
 
 
 def cmd_chat(args) -> None:
@@ -546,8 +547,9 @@ def _add_evaluation_parsers(verbs) -> None:
                           "no-repeat n-gram size (generation_config.json; 0 is off)")
     evaluate.set_defaults(func=cmd_eval)
 
-    report = verbs.add_parser("report", help="re-render RUN/report.html from RUN/eval.json (no recomputing)")
-    report.add_argument("run", help="run folder with eval.json")
+    report = verbs.add_parser("report", help="re-render RUN/report.html from RUN/eval.json, or an align "
+                                "run's from its alignment.json and metrics.jsonl (no recomputing)")
+    report.add_argument("run", help="run folder with eval.json (an align run: alignment.json)")
     report.set_defaults(func=cmd_report)
 
     predict = verbs.add_parser("predict", help="classify texts with a classification run (task: classify)")

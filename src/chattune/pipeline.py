@@ -92,6 +92,9 @@ def align_and_evaluate(cfg: AlignConfig, run: Path, *, overwrite: bool = False, 
     evaluation = None
     if cfg.eval_prompts:
         evaluation = evaluate_alignment(folder, aligned.eval_contexts, aligned.eval_conversations, console=console)
+    from chattune.evaluate.report import write_report
+
+    write_report(folder.path)  # the curves, and the parent vs aligned table when there was an evaluation
     return {"run": run, "task": cfg.task, "metrics": folder.metrics(), "evaluation": evaluation}
 
 

@@ -73,3 +73,37 @@ def confusion_matrix(matrix: list[list[int]], labels: list[str]) -> str:
                 axes.text(column, row, count, ha="center", va="center", fontsize=8,
                           color="white" if count > peak / 2 else "black")
     return _data_uri(figure)
+
+
+def reward_curves(log_rows: list[dict]) -> str | None:
+    """Alignment: GRPO/RLOO's total reward and each reward's mean against the step; DPO's reward margin (chosen -
+    rejected) and reward accuracy (the share of pairs whose chosen reply scores higher)."""
+    names = sorted({key.split("/")[1] for row in log_rows for key in row
+                    if key.startswith("rewards/") and key.endswith("/mean")})
+    series = {"total reward (weighted sum)": "reward", **{f"{name} (mean)": f"rewards/{name}/mean" for name in names}}
+    if not any("reward" in row for row in log_rows):
+        series = {"reward margin (chosen - rejected)": "rewards/margins", "reward accuracy": "rewards/accuracies"}
+    return _step_lines(log_rows, series, "reward")
+
+
+def kl_curve(log_rows: list[dict]) -> str | None:
+    """Alignment: the KL of the policy to the reference (parent) model against the step; None where none was
+    logged (beta 0: TRL then loads no reference model)."""
+    return _step_lines(log_rows, {"KL(policy || parent)": "kl"}, "KL (nats per token)")
+
+
+def _step_lines(log_rows: list[dict], series: dict[str, str], ylabel: str) -> str | None:
+    """One line per (label -> metrics.jsonl key) logged at some step; None when none was."""
+    lines = {label: [(row["step"], row[key]) for row in log_rows if key in row and "step" in row]
+             for label, key in series.items()}
+    lines = {label: points for label, points in lines.items() if points}
+    if not lines:
+        return None
+    figure, axes = plt.subplots(figsize=(6.4, 3.2))
+    for label, points in lines.items():
+        axes.plot(*zip(*points), "o-" if len(points) <= 40 else "-", markersize=3, label=label)
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    return _data_uri(figure)

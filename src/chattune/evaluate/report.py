@@ -7,7 +7,9 @@ Sections: run summary (model, data, hyperparameters, wall time, tokens/s), loss 
 or underfitting (evaluate/fit.py), then for chat runs the
 base-vs-tuned metric table with deltas and bootstrap intervals and held-out examples; for summarisation runs the
 zero-shot-vs-tuned table and held-out sources with the reference, zero-shot and tuned summaries; for classification
-runs accuracy/macro-F1 against the majority baseline, per-class precision/recall and the confusion matrix.
+runs accuracy/macro-F1 against the majority baseline, per-class precision/recall and the confusion matrix. An align
+run's page has its own "alignment" sections instead: how it was aligned, the reward and KL curves, parent vs aligned
+on held-out contexts (alignment.json) and the prompts whose toxicity fell most, with both models' replies.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ EXAMPLES_SHOWN = 10
 
 def write_report(run: Path) -> Path:
     folder = Run(Path(run))
+    if folder.task == "align":
+        return _write_alignment_report(folder)
     evaluation = _read_json(folder.eval_path, f"run `chattune eval {run}` first")
     config = folder.config.to_dict()  # defaults filled in for runs older than a field
     metrics = _read_json(folder.metrics_path, "did training finish?")
@@ -47,6 +51,49 @@ def write_report(run: Path) -> Path:
     )
     atomic_write_text(folder.report_path, page)
     return folder.report_path
+
+
+def _write_alignment_report(folder: Run) -> Path:
+    metrics = _read_json(folder.metrics_path, "did alignment finish?")
+    log_rows = _read_jsonl(folder.metrics_log_path)
+    # alignment.json is missing when eval_prompts is 0: the page then shows how it was aligned and the curves
+    evaluation = json.loads(folder.alignment_path.read_text(encoding="utf-8")) if folder.alignment_path.is_file() \
+        else {"task": "align", "metrics": [], "examples": []}
+    for row in evaluation["metrics"]:
+        row["verdict"] = verdict(row)
+    figures = {"rewards": plots.reward_curves(log_rows), "kl": plots.kl_curve(log_rows)}
+    config = folder.config.to_dict()
+    page = _environment().get_template("report.html.j2").render(
+        run=folder.path.name, config=config, evaluation=evaluation, figures=figures,
+        summary=alignment_summary(config, metrics, _read_json(folder.data_report_path, "did alignment finish?")),
+        examples=evaluation["examples"][:EXAMPLES_SHOWN])
+    atomic_write_text(folder.report_path, page)
+    return folder.report_path
+
+
+def alignment_summary(config: dict, metrics: dict, data_report: dict) -> list[tuple[str, str]]:
+    """(label, value) rows describing how an align run was trained."""
+    method = config["algorithm"]
+    rows = [("task", f"align ({method.upper()}, TRL) from the run {config['parent']}"),
+            ("model", f"{config['model']} ({config['method']}"
+                      + (f", the parent's LoRA adapter continued)" if config["method"] == "lora" else ")"))]
+    if method == "dpo":
+        rows.append(("preferences", f"{data_report.get('preferences', {}).get('pairs', '?')} pairs from "
+                                    f"{config['preferences']}"))
+    else:
+        rewards = ", ".join(f"{name} x {weight:g}" for name, weight in config["rewards"].items())
+        kept = data_report.get("toxic_prone", {}).get("train")
+        rows += [("rewards", f"{rewards} ({config['reward_aggregation'].replace('_', ' ')})"),
+                 ("prompts", f"{data_report.get('prompts', '?')} contexts"
+                             + (f", toxic-prone: {kept['kept']} of {kept['scored']} scored kept (a sampled reply's "
+                                f"p(toxic) >= {kept['threshold']:g})" if kept else "")),
+                 ("rollouts", f"k={config['num_generations']} completions per prompt of up to "
+                              f"{config['max_new_tokens']} tokens, temperature {config['temperature']:g}")]
+    rows += [("optimisation", f"lr {config['learning_rate']:g}, batch {config['batch_size']}, beta (KL weight) "
+                              f"{config['beta']:g}, seed {config['seed']}"),
+             ("steps", str(metrics["steps"])),
+             ("wall time", f"{metrics['train_seconds']:.0f} s of alignment (evaluation not included)")]
+    return rows
 
 
 def run_summary(config: dict, metrics: dict, log_rows: list[dict], data_report: dict) -> list[tuple[str, str]]:
