@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no GUI backend on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen before pyplot loads)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _data_uri(figure) -> str:
@@ -80,7 +81,7 @@ def reward_curves(log_rows: list[dict]) -> str | None:
     rejected) and reward accuracy (the share of pairs whose chosen reply scores higher)."""
     names = sorted({key.split("/")[1] for row in log_rows for key in row
                     if key.startswith("rewards/") and key.endswith("/mean")})
-    series = {"total reward (weighted sum)": "reward", **{f"{name} (mean)": f"rewards/{name}/mean" for name in names}}
+    series = {"total reward (weighted sum)": "reward", **{f"{name} reward (mean)": f"rewards/{name}/mean" for name in names}}
     if not any("reward" in row for row in log_rows):
         series = {"reward margin (chosen - rejected)": "rewards/margins", "reward accuracy": "rewards/accuracies"}
     return _step_lines(log_rows, series, "reward")
@@ -103,6 +104,7 @@ def _step_lines(log_rows: list[dict], series: dict[str, str], ylabel: str) -> st
     for label, points in lines.items():
         axes.plot(*zip(*points), "o-" if len(points) <= 40 else "-", markersize=3, label=label)
     axes.set_xlabel("optimizer step")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylabel(ylabel)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
