@@ -198,7 +198,7 @@ def test_an_evaluated_alignment_writes_its_table_and_report(parent, tmp_path):
     page = (run / "report.html").read_text()
     assert "Alignment curves" in page and page.count('src="data:image/png;base64,') == 2  # rewards, KL
     assert "<th>parent</th>" in page and "<th>aligned</th>" in page and result["metrics"][0]["label"] in page
-    assert "whose toxicity fell most" in page and page.count("greedy: ") == 6  # 3 contexts x 2 models
+    assert "whose toxicity fell most" in page and page.count('class="role">greedy:') == 6  # 3 contexts x 2 models
     assert "toxicity x 1" in page  # the run summary names the rewards and their weights
 
     dpo = tmp_path / "dpo"
