@@ -31,7 +31,7 @@ EXAMPLES_SHOWN = 10
 
 def write_report(run: Path) -> Path:
     folder = Run(Path(run))
-    if folder.task == "align":
+    if folder.config_path.is_file() and folder.task == "align":
         return _write_alignment_report(folder)
     evaluation = _read_json(folder.eval_path, f"run `chattune eval {run}` first")
     config = folder.config.to_dict()  # defaults filled in for runs older than a field
