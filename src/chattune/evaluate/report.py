@@ -78,8 +78,8 @@ def alignment_summary(config: dict, metrics: dict, data_report: dict) -> list[tu
             ("model", f"{config['model']} ({config['method']}"
                       + (f", the parent's LoRA adapter continued)" if config["method"] == "lora" else ")"))]
     if method == "dpo":
-        rows.append(("preferences", f"{data_report.get('preferences', {}).get('pairs', '?')} pairs from "
-                                    f"{config['preferences']}"))
+        rows.append(("preferences", f"{data_report.get('preferences', {}).get('pairs', '?')} pairs"
+                                    + (f" from {config['preferences']}" if config["preferences"] else "")))
     else:
         rewards = ", ".join(f"{name} x {weight:g}" for name, weight in config["rewards"].items())
         kept = data_report.get("toxic_prone", {}).get("train")
@@ -92,7 +92,8 @@ def alignment_summary(config: dict, metrics: dict, data_report: dict) -> list[tu
     rows += [("optimisation", f"lr {config['learning_rate']:g}, batch {config['batch_size']}, beta (KL weight) "
                               f"{config['beta']:g}, seed {config['seed']}"),
              ("steps", str(metrics["steps"])),
-             ("wall time", f"{metrics['train_seconds']:.0f} s of alignment (evaluation not included)")]
+             ("wall time", f"{metrics['train_seconds']:.0f} s from loading to the saved model (the toxic-prone "
+                           "filter included, the evaluation not)")]
     return rows
 
 
