@@ -92,7 +92,7 @@ def alignment_summary(config: dict, metrics: dict, data_report: dict) -> list[tu
     rows += [("optimisation", f"lr {config['learning_rate']:g}, batch {config['batch_size']}, beta (KL weight) "
                               f"{config['beta']:g}, seed {config['seed']}"),
              ("steps", str(metrics["steps"])),
-             ("wall time", f"{metrics['train_seconds']:.0f} s from loading to the saved model (the toxic-prone "
+             ("wall time", f"{metrics['train_seconds']:.0f} s from loading to the saved model (any toxic-prone "
                            "filter included, the evaluation not)")]
     return rows
 
