@@ -81,7 +81,8 @@ def reward_curves(log_rows: list[dict]) -> str | None:
     rejected) and reward accuracy (the share of pairs whose chosen reply scores higher)."""
     names = sorted({key.split("/")[1] for row in log_rows for key in row
                     if key.startswith("rewards/") and key.endswith("/mean")})
-    series = {"total reward (weighted sum)": "reward", **{f"{name} reward (mean)": f"rewards/{name}/mean" for name in names}}
+    series = {"total reward (weighted sum)": "reward",
+              **{f"{name} reward (mean)": f"rewards/{name}/mean" for name in names}}
     if not any("reward" in row for row in log_rows):
         series = {"reward margin (chosen - rejected)": "rewards/margins", "reward accuracy": "rewards/accuracies"}
     return _step_lines(log_rows, series, "reward")
