@@ -11,7 +11,7 @@ import time
 import pytest
 
 from chattune.data.chat import IGNORE_INDEX, tokenize_conversations
-from chattune.data.masks import ChatTokenizer, reply_spans, tokenize_many
+from chattune.data.masks import CHARS_PER_TOKEN, CUT_MARGIN, ChatTokenizer, reply_spans, tokenize_many
 from chattune.data.template import assistant_spans, end_of_turn_token, render
 from chattune.models import load_tokenizer
 
@@ -110,6 +110,24 @@ def test_split_windows_of_whole_turns_train_every_reply(tiny_llama):
     assert trained_text == "".join(replies)  # every reply trained once, whole, in order
     cut, _ = tokenize_conversations(tokenizer, [long], max_length=96)
     assert len(cut) == 1
+
+
+def test_a_first_exchange_longer_than_max_length_is_a_window_of_its_own(tiny_llama):
+    # chitchat has such conversations: the first exchange alone (a little over max_length) was measured exactly but
+    # its doubled render was capped, which made the shared cost larger than the exchange and crashed the split.
+    tokenizer = load_tokenizer(tiny_llama)
+    long_reply = " ".join(WORDS[k % len(WORDS)] for k in range(150))
+    messages = [{"role": "user", "content": "tell me everything"}, {"role": "assistant", "content": long_reply}]
+    messages += conversation(12, seed=2)
+    read = (96 + CUT_MARGIN) * CHARS_PER_TOKEN  # characters tokenized before a render is called longer than 96
+    assert len(render(tokenizer, messages[:2])) <= read < len(render(tokenizer, messages[:2] * 2))
+    examples, counts = tokenize_conversations(tokenizer, [messages], max_length=96, long_conversations="split")
+    assert counts["split_windows"] == len(examples) > 2
+    assert all(len(example["input_ids"]) <= 96 for example in examples)
+    first = tokenizer.decode(examples[0]["input_ids"])
+    assert "tell me everything" in first and messages[2]["content"] not in first  # the long exchange alone
+    later = "".join(tokenizer.decode([t for t in example["labels"] if t != IGNORE_INDEX]) for example in examples[1:])
+    assert later == "".join(turn["content"] + "<|im_end|>" for turn in messages[2:] if turn["role"] == "assistant")
 
 
 def test_a_20_mb_reply_is_not_tokenized_whole(tiny_llama):

@@ -194,8 +194,9 @@ def encode_conversations(chat: ChatTokenizer, conversations: list[list[dict]]) -
 
 
 def _token_lengths(chat: ChatTokenizer, conversations: list[list[dict]]) -> list[int]:
-    """Tokens of each rendered conversation; max_length + 1 for one longer than that (not tokenized whole)."""
-    return [length if length >= 0 else chat.max_length + 1
+    """Tokens of each rendered conversation; max_length + 1 for any longer than that (some are not tokenized
+    whole, so a longer length would mean exact for some and capped for others)."""
+    return [length if 0 <= length <= chat.max_length else chat.max_length + 1
             for *_, length in encode_conversations(chat, conversations)]
 
 

@@ -29,9 +29,11 @@ def split_windows(conversation: list[dict], token_lengths: Callable[[list[list[d
     system = conversation[:1] if conversation and conversation[0]["role"] == "system" else []
     exchanges = _exchanges(conversation[len(system):])
     alone = token_lengths([system + exchange for exchange in exchanges])
-    # Rendering the first exchange twice tells its own cost from what every window pays once.
-    twice = token_lengths([system + exchanges[0] + exchanges[0]])[0]
-    shared = max(0, 2 * alone[0] - twice)
+    # Rendering an exchange twice tells its own cost from what every window pays once. Lengths past max_length are
+    # not measured exactly, so the shortest exchange is doubled, and a double that does not fit counts nothing shared.
+    shortest = min(range(len(exchanges)), key=alone.__getitem__)
+    twice = token_lengths([system + exchanges[shortest] + exchanges[shortest]])[0]
+    shared = max(0, 2 * alone[shortest] - twice) if twice <= max_length else 0
     windows: list[list[dict]] = []
     used = max_length + 1  # start a window at the first exchange
     for exchange, length in zip(exchanges, alone):
