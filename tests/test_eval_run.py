@@ -7,6 +7,7 @@ from html.parser import HTMLParser
 import pytest
 
 from chattune.cli import main
+from chattune.data.chat import IGNORE_INDEX, tokenize_conversations
 
 ROWS = [{"messages": [
     {"role": "user", "content": f"hello how are you {index}"},
@@ -191,3 +192,19 @@ def test_the_run_carries_its_decoding_defaults_to_transformers_chat_eval_and_ser
     store.close()
     assert submitted[0] == dataclasses.replace(expected, max_new_tokens=default.max_new_tokens)
     assert (submitted[1].temperature, submitted[1].no_repeat_ngram_size) == (0.9, 6)
+
+
+def test_eval_scores_long_conversations_split_as_training_did(evaluated_run):
+    # a split run's held-out side is scored window by window in training; `chattune eval` must do the same
+    from chattune.config import load_config
+    from chattune.evaluate.run import _likelihoods, _load_system, eval_conversations
+    from chattune.runs import Run
+
+    cfg = dataclasses.replace(load_config(evaluated_run / "config.yaml"), max_length=48, long_conversations="split")
+    conversations = eval_conversations(cfg, None, "eval")
+    backend = _load_system(Run.open(evaluated_run), cfg, "tuned")
+    windows, counts = tokenize_conversations(backend.tokenizer, conversations, 48, cfg.loss_on, "split")
+    assert counts["split_windows"] == len(windows) > len(conversations)
+    rows = _likelihoods(backend, cfg, conversations)
+    assert len(rows) == len(windows)
+    assert sum(row["tokens"] for row in rows) == sum(sum(t != IGNORE_INDEX for t in w["labels"]) for w in windows)

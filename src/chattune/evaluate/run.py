@@ -133,7 +133,9 @@ def _load_system(run: Run, cfg: ChatConfig, name: str) -> HFBackend:
 
 
 def _likelihoods(backend: HFBackend, cfg: ChatConfig, conversations: list[Conversation]) -> list[dict]:
-    examples, _ = tokenize_conversations(backend.tokenizer, conversations, cfg.max_length, cfg.loss_on)
+    # cut or split as training scored its held-out side, so `chattune eval` repeats training's numbers
+    examples, _ = tokenize_conversations(backend.tokenizer, conversations, cfg.max_length, cfg.loss_on,
+                                         cfg.long_conversations)
     if not examples:
         raise InputError(f"eval data: no conversation has a reply within max_length={cfg.max_length} tokens")
     return conversation_likelihoods(backend.model, examples, PadCollator(backend.tokenizer.pad_token_id),
