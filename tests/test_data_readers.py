@@ -183,7 +183,7 @@ Agent: Did you plug it in?
 def test_transcript_speakers_merges_and_continuations(tmp_path):
     conversations, report = load_conversations(write(tmp_path / "dialogs.txt", TRANSCRIPT))
     assert conversations == [
-        pair("Hi, how are you?", "Fine, thanks.\nAnd you?"),  # the trailing user turn answers nothing: dropped
+        pair("Hi, how are you?", "Fine, thanks. And you?"),  # the trailing user turn answers nothing: dropped
         pair("Ping", "Pong"),
         pair("My printer is broken.", "Did you plug it in?"),
     ]

@@ -10,7 +10,7 @@
 Speakers may be written `Person1:`, `#Person1#:`, `Person 1:` or a name of up to three words (`Alice:`, `Dr. Who:`);
 the colon must be followed by a space or the end of the line, so `http://...` and `10:30` are not speakers.
 A line without a speaker continues the utterance above it (with a newline); consecutive `Speaker:` lines of one speaker
-are one turn, their messages joined with `joiner` (a newline unless the config's consecutive_messages says otherwise).
+are one turn, their messages joined with `joiner` (the config's consecutive_messages: a space by default).
 Each conversation must have exactly one or two speakers: a third one is reported with its line, because it usually
 means a missing blank line between conversations or a continuation line that happens to look like `Word: ...`.
 """
