@@ -109,12 +109,11 @@ def test_a_killed_worker_leaves_its_trial_failed(tmp_path, chat_jsonl, tiny_llam
         victim = None
         for _ in range(1200):  # the first trial a worker has started (it records its process before training)
             time.sleep(0.1)
-            if not (study_dir / "study.sqlite").exists():
+            # a trial's folder exists once the parent has made the study: opening it earlier would make this
+            # process create Optuna's tables alongside the parent
+            if not (study_dir / "trials").exists():
                 continue
-            try:
-                running = _study(study_dir).get_trials(states=(optuna.trial.TrialState.RUNNING,))
-            except KeyError:  # the file is there, the study not yet
-                continue
+            running = _study(study_dir).get_trials(states=(optuna.trial.TrialState.RUNNING,))
             victim = next((t for t in running if "process" in t.user_attrs), None)
             if victim is not None:
                 os.kill(victim.user_attrs["process"]["pid"], signal.SIGKILL)

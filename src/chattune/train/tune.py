@@ -96,7 +96,9 @@ def tune(config: str, output: Path, *, trials: int, space_file: str | None = Non
         return _write_results(study, config, list(overrides), output)
     from chattune.train.tune_jobs import run_workers
 
-    stopped, error = run_workers(work, search, trials, jobs, base.seed, console)
+    waiting = (optuna.trial.TrialState.WAITING,)
+    stopped, error = run_workers(work, search, trials, jobs, base.seed, console,
+                                 queued=lambda: bool(study.get_trials(deepcopy=False, states=waiting)))
     _fail_orphans(study)  # a killed worker left its trial RUNNING; no worker runs now
     result = _write_results(study, config, list(overrides), output)
     if error is not None:

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
 
 from chattune.errors import InputError
+
+POLL_S = 0.2
 
 
 def core_shares(jobs: int) -> list[list[int]]:
@@ -29,10 +32,15 @@ def core_shares(jobs: int) -> list[list[int]]:
     return [[cores[(index * size + k) % len(cores)] for k in range(size)] for index in range(jobs)]
 
 
-def run_workers(work, search, trials: int, jobs: int, seed: int, console: Console) -> tuple[list[str], str | None]:
+def run_workers(work, search, trials: int, jobs: int, seed: int, console: Console,
+                queued: Callable[[], bool] = lambda: False) -> tuple[list[str], str | None]:
     """Run `trials` trials in `jobs` processes, each `work(search, its trials, its seed, its cores, errors)` (a
     module-level function: the spawned process imports it), and wait for all. Returns a line for each worker that
-    did not end cleanly (killed, crashed), and the first InputError a worker met (a value the config refuses)."""
+    did not end cleanly (killed, crashed), and the first InputError a worker met (a value the config refuses).
+
+    While `queued()` is true (a trial waits in the study), the first worker runs alone: on SQLite, Optuna's
+    check-and-set of a WAITING trial is not atomic (its SELECT ... FOR UPDATE is a plain SELECT there), so two
+    workers starting together could both take the queued baseline and fail on finishing it twice."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: forking a process that holds torch's
@@ -44,6 +52,8 @@ def run_workers(work, search, trials: int, jobs: int, seed: int, console: Consol
             continue
         worker = context.Process(target=work, args=(search, share, seed + index, cores, errors),
                                  name=f"chattune-tune-{index}")
+        if workers:
+            _wait_while(queued, workers[0])
         with _thread_environment(len(cores)):  # read by the child's OpenMP/MKL at start, and by its subprocesses
             worker.start()
         workers.append(worker)
@@ -54,6 +64,12 @@ def run_workers(work, search, trials: int, jobs: int, seed: int, console: Consol
     stopped = [f"{worker.name} (pid {worker.pid}) {_ending(worker.exitcode)}" for worker in workers
                if worker.exitcode not in (0, 2)]  # 2: stopped on the InputError returned
     return stopped, error
+
+
+def _wait_while(queued: Callable[[], bool], first) -> None:
+    """Until the first worker has taken the queued trials, or has stopped without taking them."""
+    while first.is_alive() and queued():
+        time.sleep(POLL_S)
 
 
 def _ending(code: int) -> str:
