@@ -62,7 +62,7 @@ def test_no_assistant_turn_dropped():
 def test_empty_turns_dropped_and_neighbours_merged():
     conversation = pair("one", "") + pair("two", "answer")
     kept, report = clean([conversation])
-    assert kept == [pair("one\ntwo", "answer")]
+    assert kept == [pair("one two", "answer")]  # one speaker's messages: one paragraph, as consecutive_messages
     assert report.dropped == {"empty turn": 1}
     assert report.changed == {"same-role turns merged": 1}
 

@@ -246,8 +246,10 @@ def test_parquet_and_saved_dataset(tmp_path):
 def test_chitchat_reads_every_conversation_in_file_order():
     conversations = read_corpus("chitchat", DataReport("", "chitchat"))
     assert len(conversations) == 7168
-    assert conversations[0][0] == {"role": "user", "content": "Hello\nHow are you doing today?"}
-    assert conversations[0][1]["content"] == "whats up MD\nim doing good\nhow are you doing?"
+    assert conversations[0][0] == {"role": "user", "content": "Hello How are you doing today?"}
+    assert conversations[0][1]["content"] == "whats up MD im doing good how are you doing?"
+    lines = read_corpus("chitchat", DataReport("", "chitchat"), joiner="\n")
+    assert lines[0][1]["content"] == "whats up MD\nim doing good\nhow are you doing?"
 
 
 def test_chitchat_limit_roles_alternate():

@@ -21,9 +21,11 @@ def _add_reader_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--response-column", help=READER_FLAGS_HELP.format("reply"))
     parser.add_argument("--first-speaker", choices=["user", "assistant"], default="user",
                         help="transcripts: role of each conversation's first speaker (default: user)")
-    parser.add_argument("--consecutive-messages", choices=["newline", "space"], default="space",
-                        help="join one speaker's consecutive messages into one turn with a space (default) or a "
-                        "newline")
+    from chattune.data.conversation import CONSECUTIVE_MESSAGES, MESSAGE_JOINERS
+
+    parser.add_argument("--consecutive-messages", choices=list(MESSAGE_JOINERS), default=CONSECUTIVE_MESSAGES,
+                        help="join one speaker's consecutive messages into one turn with a space or a newline "
+                        f"(default: {CONSECUTIVE_MESSAGES})")
     from chattune.data.readers.limits import MAX_FILE_BYTES, MAX_RECORD_BYTES
 
     parser.add_argument("--max-file-bytes", type=int, default=MAX_FILE_BYTES,

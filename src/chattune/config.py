@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from chattune.data.conversation import CONSECUTIVE_MESSAGES
 from chattune.data.readers.limits import MAX_FILE_BYTES, MAX_RECORD_BYTES
 from chattune.errors import InputError
 
@@ -158,10 +159,9 @@ class ChatConfig(TrainConfig):
     first_speaker: str = "user"  # transcripts: role of the first speaker of each conversation
     # One speaker's consecutive messages (chitchat, transcripts, same-role records) become one turn, joined with a
     # "space" (one paragraph) or a "newline" (each message on its own line). Separate turns are not offered: the
-    # template, masks and eval pairs need alternating roles (data/conversation.py says why). space by measurement:
-    # the demo trained on newline-joined chitchat ended 69% of its held-out replies within 40 tokens, writing
-    # fragment after fragment; space-joined, 100% (README Data).
-    consecutive_messages: str = "space"
+    # template, masks and eval pairs need alternating roles (data/conversation.py says why, and why space is the
+    # default).
+    consecutive_messages: str = CONSECUTIVE_MESSAGES
     system_prompt: str | None = None  # added as the system turn of conversations that have none
     loss_on: str = "assistant"  # "assistant": learn the replies only; "all": every token
     # A conversation longer than max_length tokens: "cut" trains on its first max_length tokens; "split" trains on

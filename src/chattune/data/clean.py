@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 
 import ftfy
 
-from chattune.data.conversation import Conversation, append_turn
+from chattune.data.conversation import DEFAULT_JOINER, Conversation, append_turn
 from chattune.data.report import DataReport
 
 # Curly quotes and full-width letters are correct text, not damage: keep them (ftfy's defaults would change them).
@@ -124,7 +124,7 @@ def clean_stream(
     min_chars: int = 1,  # a conversation with fewer characters in all its turns together is dropped ("too short")
     max_turn_chars: int | None = None,  # a conversation with a longer turn is dropped ("too long"); None: no limit
     max_turns: int | None = None,  # conversations are cut to their first max_turns turns; None: no limit
-    joiner: str = "\n",  # joins same-role neighbours (one speaker's consecutive messages) into one turn
+    joiner: str = DEFAULT_JOINER,  # joins same-role neighbours (one speaker's consecutive messages) into one turn
 ) -> Iterator[Conversation]:
     """The conversations worth training on, cleaned, one at a time; counts report.conversations and report.turns
     as they pass."""

@@ -4,7 +4,7 @@
     conversation: Conversation = []
     append_turn(conversation, "user", "Hi")
     append_turn(conversation, "user", "Anyone there?")   # same role: merged into the turn above
-    # [{"role": "user", "content": "Hi\nAnyone there?"}]
+    # [{"role": "user", "content": "Hi Anyone there?"}]
 """
 
 ROLES = ("system", "user", "assistant")
@@ -13,11 +13,15 @@ ROLES = ("system", "user", "assistant")
 # alternate, and a reply that ends after the first message would never see a turn of its own for the second one
 # (`chat` and `serve` ask for one assistant turn per user turn), so the model would learn to end replies early.
 MESSAGE_JOINERS = {"newline": "\n", "space": " "}
+# The default of config, readers and CLI: the demo trained on newline-joined chitchat ended 69% of its held-out
+# replies within 40 tokens, writing fragment after fragment; space-joined, 100% (README Data).
+CONSECUTIVE_MESSAGES = "space"
+DEFAULT_JOINER = MESSAGE_JOINERS[CONSECUTIVE_MESSAGES]  # what a library call that names no joiner gets
 
 Conversation = list[dict[str, str]]
 
 
-def append_turn(conversation: Conversation, role: str, content: str, joiner: str = "\n") -> None:
+def append_turn(conversation: Conversation, role: str, content: str, joiner: str = DEFAULT_JOINER) -> None:
     """Add a turn, merging it into the last turn (joined with `joiner`, a MESSAGE_JOINERS value) when the role is
     the same."""
     assert role in ROLES, f"role must be one of {ROLES}, got {role!r}"

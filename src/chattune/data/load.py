@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from chattune.data.clean import clean_stream
-from chattune.data.conversation import MESSAGE_JOINERS, Conversation
+from chattune.data.conversation import CONSECUTIVE_MESSAGES, MESSAGE_JOINERS, Conversation
 from chattune.data.readers.corpora import CORPORA, read_corpus
 from chattune.data.readers.csv_reader import read_csv
 from chattune.data.readers.hf_reader import read_hf_dataset
@@ -82,7 +82,7 @@ def stream_conversations(
     max_turn_chars: int | None = None,  # drop conversations with a longer turn; None: keep all
     limit: int | None = None,  # keep only the first `limit` conversations read, before cleaning; None: all
     limits: ReadLimits = ReadLimits(),  # file and record size limits
-    consecutive_messages: str = "space",  # one speaker's consecutive messages in one turn: "newline" or "space"
+    consecutive_messages: str = CONSECUTIVE_MESSAGES,  # consecutive messages of one speaker: "newline" or "space"
 ) -> tuple[Iterator[Conversation], DataReport]:
     """(cleaned conversations, one at a time, report): memory stays flat however big the source. The report's
     counts are final once the iterator is exhausted; call `check_kept(report)` then."""

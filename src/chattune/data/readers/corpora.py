@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from chattune.data.conversation import Conversation, append_turn
+from chattune.data.conversation import DEFAULT_JOINER, Conversation, append_turn
 from chattune.data.readers.records import text_field
 from chattune.data.report import DataReport
 from chattune.errors import InputError
@@ -78,7 +78,7 @@ def _chatterbot(package: Path) -> list[Conversation]:
     return conversations
 
 
-def read_corpus(name: str, report: DataReport, joiner: str = "\n") -> list[Conversation]:
+def read_corpus(name: str, report: DataReport, joiner: str = DEFAULT_JOINER) -> list[Conversation]:
     """The corpus's conversations in file order (deterministic); `name` is a key of CORPORA. `joiner` joins one
     person's consecutive chitchat messages (chatterbot's speakers alternate)."""
     report.format = name

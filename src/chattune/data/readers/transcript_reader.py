@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from chattune.data.conversation import Conversation, append_turn
+from chattune.data.conversation import DEFAULT_JOINER, Conversation, append_turn
 from chattune.data.readers.limits import ReadLimits, bounded_lines, open_checked
 from chattune.data.readers.text import text_encoding
 from chattune.data.report import DataReport
@@ -63,7 +63,7 @@ def _conversation(path: Path, lines: list[tuple[int, str]], first_speaker: str, 
 
 
 def read_transcript(path: Path, report: DataReport, *, first_speaker: str = "user",
-                    limits: ReadLimits = ReadLimits(), joiner: str = "\n") -> Iterator[Conversation]:
+                    limits: ReadLimits = ReadLimits(), joiner: str = DEFAULT_JOINER) -> Iterator[Conversation]:
     """One conversation per blank-line-separated block, read block by block; the first speaker of each block gets
     `first_speaker`'s role."""
     report.format = "transcript"
