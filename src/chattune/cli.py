@@ -624,6 +624,8 @@ NOISY_WARNINGS = (
     ".*pin_memory.*",  # torch: pin_memory set but no accelerator (chattune sets it only on CUDA; the DataLoader asks)
     ".*fan_in_fan_out is set to False.*",  # peft on GPT-2's Conv1D layers: it sets the flag right itself
     ".*is_gradient_checkpointing.* is deprecated.*",  # transformers 5 calling its own renamed property, per step
+    # transformers 5 renamed these to activation_checkpointing_*; TRL calls the old names around every GRPO rollout
+    ".*gradient_checkpointing_(en|dis)able.* is deprecated.*",
 )
 
 
