@@ -158,6 +158,24 @@ def test_prefix_reuse_evicts_parked_chats_when_their_cells_or_ids_are_needed(tin
     assert 0 < again[-1] < again[0]
 
 
+def test_parked_chats_hold_at_most_parked_cells_and_the_newest_stays(tiny_run, monkeypatch):
+    pytest.importorskip("llama_cpp", reason="the llama.cpp backend is an optional extra: pip install '.[llamacpp]'")
+    from chattune.generate import llamacpp
+
+    monkeypatch.setattr(llamacpp, "PARKED_CELLS", 150)  # two or three of these chats, in a cache of 1024 cells
+    greedy = Sampling(temperature=0, max_new_tokens=12)
+    fast = llamacpp.LlamaCppBackend.load(str(tiny_run), "f16", max_batch=2, kv_tokens=1024)
+    batch = fast.new_batch()
+    for i in range(6):
+        _, reused, prompts = chat_turns(fast, batch, [f"hello how are you {i}", "what is your favourite food"], greedy)
+        assert reused[1] > 20  # the chat's second turn still found its first turn parked
+        assert 0 < batch.cache.used <= 150 and len(batch.cache.parked) < 4  # cells, not ids, decided
+    # the newest chat goes on reading only its new part; the oldest was evicted long ago
+    newest = chat_turns(fast, batch, ["hello how are you 5", "what is your favourite food", "and else?"], greedy)[1]
+    oldest = chat_turns(fast, batch, ["hello how are you 0", "what is your favourite food"], greedy)[1]
+    assert newest[0] > 15 and oldest[0] < newest[0]
+
+
 def test_prefix_reuse_keeps_seeded_sampling_reproducible(tiny_run):
     pytest.importorskip("llama_cpp", reason="the llama.cpp backend is an optional extra: pip install '.[llamacpp]'")
     from chattune.generate.llamacpp import LlamaCppBackend

@@ -20,7 +20,8 @@ Prefix reuse: a chat's next turn is its previous prompt + reply + a new message,
 the whole conversation again (turn 10 of a support chat: 745 tokens, 1.6 s to the first token on 2 cores). So a
 row that leaves keeps its KV in the cache, parked (least recently used first out, whenever running rows need the
 cells or sequence ids), and a new row starts from the longest prefix any sequence holds (shared cells, `_Cache`),
-reading only the rest: ~30 tokens and 0.15 s at turn 10 (`benchmarks/chat_prefix_reuse.py`). The reused KV of a
+reading only the rest: ~30 tokens and 0.15 s at turn 10 (`benchmarks/chat_prefix_reuse.py`). Parked sequences
+hold at most PARKED_CELLS cells: each one slows every step a little (see there). The reused KV of a
 reply is the one computed token by token while it was generated; at q8_0 that is not bit-identical to reading the
 same tokens as a prompt, so greedy replies may differ from `prefix_reuse=False` (at f16 they matched).
 """
@@ -51,6 +52,12 @@ KV_TOKENS = 16 * 1024  # KV cells shared by all sequences; SmolLM2-135M at f16 n
 BATCH_TOKENS = 512  # tokens per llama_decode: longer prompts are read over several steps, so decoding rows wait
 # at most one 512-token chunk (~0.3 s on 2 cores) for a newcomer's prompt
 PARKED = 32  # finished sequences whose KV stays in the cache for a prompt that starts the same way (next turn)
+# Most cells parked sequences hold (beyond those a running one shares). Parked KV is not free: every token of every
+# step scans the attention mask over all cells up to the highest one in use, so 8 rows of new 200-token prompts ran
+# 49 tok/s with ~8.9k cells parked and 67 with none; at this cap 55 (1.11x), while 16 support chats taking turns
+# still find 75% of their prompts parked, as with no cap (0.92x and 1.02x its tok/s in two runs; with none parked
+# 0.68x). benchmarks/parked_cells.py, 2 Zen 3 cores
+PARKED_CELLS = 4096
 LLAMA_MAX_SEQ = 256  # llama.cpp refuses a context with more sequences ("n_seq_max must be <= 256")
 KEEP_TAIL = 32  # a parked sequence whose unmatched tail is shorter is taken over by the new prompt rather than kept
 
@@ -181,9 +188,13 @@ class _Cache:
         self.holders.update(self.cells[seq_id])
         return seq_id, n
 
-    def evict(self, limit: int) -> None:
-        """Drop parked sequences, least recently used first, until at most `limit` cells are in use."""
-        while self.used > limit and self.parked:
+    def evict(self, limit: int, running: list[int]) -> None:
+        """Drop parked sequences, least recently used first, until at most `limit` cells are in use and at most
+        PARKED_CELLS of them are held by parked sequences alone (not shared with a `running` sequence id)."""
+        if not self.parked:
+            return
+        live = set().union(*(self.cells[seq_id] for seq_id in running))
+        while self.parked and (self.used > limit or self.used - len(live) > PARKED_CELLS):
             self.drop(next(iter(self.parked)))
 
 
@@ -236,8 +247,15 @@ class LlamaCppBatch:
             return
         if self.prefix_reuse:
             self.cache.parked[seq_id] = None
+            self._evict()
         else:
             self.cache.drop(seq_id)
+
+    def _evict(self) -> None:
+        """Parked KV gives way to what the running rows may still write, so llama_decode always finds cells, and
+        stays within PARKED_CELLS."""
+        self.cache.evict(self.context.n_ctx() - sum(s.end - s.position for s in self.sequences.values()),
+                         [s.seq_id for s in self.sequences.values() if s.seq_id >= 0])
 
     def step(self) -> dict[int, int]:
         """One llama_decode: every running row's last token first, then prompt chunks while room is left."""
@@ -245,8 +263,7 @@ class LlamaCppBatch:
             if sequence.waiting is not None:
                 prompt_ids, sequence.waiting = sequence.waiting, None
                 self._join(sequence, prompt_ids)
-        # parked KV gives way to what the running rows may still write, so llama_decode always finds cells
-        self.cache.evict(self.context.n_ctx() - sum(s.end - s.position for s in self.sequences.values()))
+        self._evict()
         batch, reads = self.batch.batch, []  # reads: (row, batch index) of rows whose next token is due
         batch.n_tokens = 0
         running = sorted(self.sequences.items(), key=lambda item: len(item[1].pending))  # decoding rows first
