@@ -1,5 +1,5 @@
 """What parked KV costs the llama.cpp backend: continuous batching with finished chats kept in the cache up to
-PARKED_CELLS (chattune's default), kept as long as cells and sequence ids allow (the behaviour before the cap), and
+PARKED_CELLS (chattune's default, `serve --parked-cells`), kept as long as cells and sequence ids allow (the behaviour before the cap), and
 not kept at all, side by side in one run, on two kinds of traffic.
 
     python benchmarks/parked_cells.py                       # SmolLM2-135M q8_0, 2 threads, ~8 min on 2 cores
@@ -86,8 +86,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=48, help="reply tokens per request")
     parser.add_argument("--requests", type=int, default=72, help="new-prompt requests")
     parser.add_argument("--chats", type=int, default=16, help="returning chats (3 turns each)")
-    parser.add_argument("--caps", type=int, nargs="+", help="PARKED_CELLS values besides no cap (default: 0 and "
-                        "chattune's)")
+    parser.add_argument("--caps", type=int, nargs="+", help="--parked-cells values besides no cap (default: 0 "
+                        "and chattune's)")
     args = parser.parse_args()
     from chattune.generate import llamacpp
 
@@ -96,12 +96,11 @@ def main() -> None:
     caps = sorted({*(args.caps or [0, llamacpp.PARKED_CELLS]), no_cap})  # no cap: the reference of the ratios
     default, rows = llamacpp.PARKED_CELLS, {}
     for cap in caps:
-        llamacpp.PARKED_CELLS = cap
+        backend.parked_cells = cap  # read by each new batch (chattune serve --parked-cells)
         rows[cap] = {"new prompts": serve(backend.new_batch(), new_prompts(backend, args.requests), args.tokens,
                                           args.rows),
                      "returning chats": serve(backend.new_batch(), returning_chats(backend, args.chats),
                                               args.tokens, args.rows)}
-    llamacpp.PARKED_CELLS = default
     print(f"{'PARKED_CELLS':>13}{'new prompts tok/s':>19}{'vs no cap':>10}{'cells':>7}"
           f"{'returning chats tok/s':>23}{'vs no cap':>10}{'prompt reused':>15}")
     for cap, row in rows.items():

@@ -158,13 +158,13 @@ def test_prefix_reuse_evicts_parked_chats_when_their_cells_or_ids_are_needed(tin
     assert 0 < again[-1] < again[0]
 
 
-def test_parked_chats_hold_at_most_parked_cells_and_the_newest_stays(tiny_run, monkeypatch):
+def test_parked_chats_hold_at_most_parked_cells_and_the_newest_stays(tiny_run):
     pytest.importorskip("llama_cpp", reason="the llama.cpp backend is an optional extra: pip install '.[llamacpp]'")
     from chattune.generate import llamacpp
 
-    monkeypatch.setattr(llamacpp, "PARKED_CELLS", 150)  # two or three of these chats, in a cache of 1024 cells
     greedy = Sampling(temperature=0, max_new_tokens=12)
-    fast = llamacpp.LlamaCppBackend.load(str(tiny_run), "f16", max_batch=2, kv_tokens=1024)
+    # two or three of these chats, in a cache of 1024 cells
+    fast = llamacpp.LlamaCppBackend.load(str(tiny_run), "f16", max_batch=2, kv_tokens=1024, parked_cells=150)
     batch = fast.new_batch()
     for i in range(6):
         _, reused, prompts = chat_turns(fast, batch, [f"hello how are you {i}", "what is your favourite food"], greedy)
@@ -215,3 +215,10 @@ def test_identical_prompts_joining_together_read_the_prompt_once(tiny_run):
     prompt_length = len(fast.prompt_ids([{"role": "user", "content": CHAT[0]}]))
     assert together == expected and none_reused == [0, 0, 0] and plain_read == 3 * prompt_length
     assert reused == [0, prompt_length - 1, prompt_length - 1] and read == prompt_length  # the widest step
+
+
+def test_parked_cells_is_refused_for_the_hf_backend_which_keeps_no_finished_kv(tiny_run):
+    from chattune.errors import InputError
+
+    with pytest.raises(InputError, match="--parked-cells.*--backend llamacpp"):
+        load_backend(str(tiny_run), "hf", parked_cells=0)

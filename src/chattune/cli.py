@@ -356,7 +356,7 @@ def cmd_serve(args) -> None:
                              read_timeout=args.read_timeout, access_log=not args.no_access_log)
     serve(args.run, host=args.host, port=args.port, db=args.db, backend=args.backend, quant=args.quant,
           settings=settings, insecure=args.insecure, max_batch=args.max_batch, kv_tokens=args.kv_tokens,
-          threads=args.threads)
+          threads=args.threads, parked_cells=args.parked_cells)
 
 
 def cmd_feedback_stats(args) -> None:
@@ -580,6 +580,9 @@ def _add_serve_parsers(verbs) -> None:
     serve.add_argument("--kv-tokens", type=int,
                        help="KV cache budget in tokens for all requests decoding together (default 8192 hf, "
                        "16384 llamacpp); requests wait while it is full")
+    serve.add_argument("--parked-cells", type=int, metavar="N",
+                       help="llamacpp: KV cells finished replies may keep for a conversation's next turn (default "
+                       "4096; every kept cell slows each step a little: 0 for traffic of one-off prompts)")
     serve.add_argument("--max-waiting", type=int, default=32,
                        help="requests that may wait for a free row; more get 503 with Retry-After (default 32)")
     serve.add_argument("--threads", type=int, default=1,

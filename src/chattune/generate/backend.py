@@ -67,16 +67,21 @@ class DecodeBackend(Protocol):
 
 
 def load_backend(name: str, backend: str = "hf", quant: str = "q8_0", max_batch: int | None = None,
-                 kv_tokens: int | None = None, threads: int | None = None) -> DecodeBackend:
-    """A run folder or model behind the chosen backend; llamacpp exports the run to GGUF once. `max_batch` and
-    `kv_tokens` override the backend's own limits (see hf.py and llamacpp.py for the defaults and why); `threads`
-    sets llama.cpp's threads (torch's are the caller's: `torch.set_num_threads`)."""
+                 kv_tokens: int | None = None, threads: int | None = None, parked_cells: int | None = None
+                 ) -> DecodeBackend:
+    """A run folder or model behind the chosen backend; llamacpp exports the run to GGUF once. `max_batch`,
+    `kv_tokens` and (llamacpp) `parked_cells` override the backend's own limits (see hf.py and llamacpp.py for the
+    defaults and why); `threads` sets llama.cpp's threads (torch's are the caller's: `torch.set_num_threads`)."""
     if backend not in BACKENDS:
         raise InputError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
     if backend == "llamacpp":
         from chattune.generate.llamacpp import LlamaCppBackend
 
-        return LlamaCppBackend.load(name, quant, threads=threads, max_batch=max_batch, kv_tokens=kv_tokens)
+        return LlamaCppBackend.load(name, quant, threads=threads, max_batch=max_batch, kv_tokens=kv_tokens,
+                                    parked_cells=parked_cells)
+    if parked_cells is not None:
+        raise InputError("--parked-cells: the hf backend keeps no finished request's KV; it is for --backend "
+                         "llamacpp")
     from chattune.generate.hf import load_hf_backend
 
     loaded = load_hf_backend(name)

@@ -188,13 +188,13 @@ class _Cache:
         self.holders.update(self.cells[seq_id])
         return seq_id, n
 
-    def evict(self, limit: int, running: list[int]) -> None:
+    def evict(self, limit: int, running: list[int], parked_cells: int) -> None:
         """Drop parked sequences, least recently used first, until at most `limit` cells are in use and at most
-        PARKED_CELLS of them are held by parked sequences alone (not shared with a `running` sequence id)."""
+        `parked_cells` of them are held by parked sequences alone (not shared with a `running` sequence id)."""
         if not self.parked:
             return
         live = set().union(*(self.cells[seq_id] for seq_id in running))
-        while self.parked and (self.used > limit or self.used - len(live) > PARKED_CELLS):
+        while self.parked and (self.used > limit or self.used - len(live) > parked_cells):
             self.drop(next(iter(self.parked)))
 
 
@@ -205,6 +205,7 @@ class LlamaCppBatch:
         self.context, self.n_vocab = backend.context, backend.n_vocab
         self.batch = backend.llama_batch
         self.prefix_reuse, self.max_batch = backend.prefix_reuse, backend.max_batch
+        self.parked_cells = backend.parked_cells
         self.cache = _Cache(self.context, backend.n_seq)
         self.sequences: dict[int, _Sequence] = {}
         self.last_row = -1
@@ -253,9 +254,9 @@ class LlamaCppBatch:
 
     def _evict(self) -> None:
         """Parked KV gives way to what the running rows may still write, so llama_decode always finds cells, and
-        stays within PARKED_CELLS."""
+        stays within the backend's `parked_cells`."""
         self.cache.evict(self.context.n_ctx() - sum(s.end - s.position for s in self.sequences.values()),
-                         [s.seq_id for s in self.sequences.values() if s.seq_id >= 0])
+                         [s.seq_id for s in self.sequences.values() if s.seq_id >= 0], self.parked_cells)
 
     def step(self) -> dict[int, int]:
         """One llama_decode: every running row's last token first, then prompt chunks while room is left."""
@@ -291,13 +292,16 @@ class LlamaCppBatch:
 
 class LlamaCppBackend:
     def __init__(self, gguf: str | Path, tokenizer, system_prompt: str | None = None, max_batch: int = MAX_BATCH,
-                 kv_tokens: int = KV_TOKENS, threads: int | None = None, prefix_reuse: bool = True):
+                 kv_tokens: int = KV_TOKENS, threads: int | None = None, prefix_reuse: bool = True,
+                 parked_cells: int | None = None):
         """`gguf`: the model file (see `gguf_path`); `tokenizer`: the HF tokenizer it was exported with;
-        `prefix_reuse`: start each prompt from the longest prefix whose KV is still in the cache."""
+        `prefix_reuse`: start each prompt from the longest prefix whose KV is still in the cache; `parked_cells`:
+        most cells finished sequences keep for that (None: PARKED_CELLS)."""
         llama_cpp, internals = _llama_cpp()
         self.prompt = ChatPrompt(tokenizer, system_prompt)
         self.stop_ids = self.prompt.stop_ids
         self.max_batch, self.kv_tokens, self.prefix_reuse = max_batch, kv_tokens, prefix_reuse
+        self.parked_cells = PARKED_CELLS if parked_cells is None else parked_cells
         self.kept_batch: LlamaCppBatch | None = None  # `generate`'s, from call to call
         # sequence ids: the running rows', then those of parked ones (llama.cpp allows 256 in all)
         self.n_seq = min(max_batch + PARKED, LLAMA_MAX_SEQ) if prefix_reuse else max_batch
@@ -318,14 +322,15 @@ class LlamaCppBackend:
 
     @classmethod
     def load(cls, name: str, quant: str = "q8_0", threads: int | None = None, max_batch: int | None = None,
-             kv_tokens: int | None = None, prefix_reuse: bool = True) -> LlamaCppBackend:
+             kv_tokens: int | None = None, prefix_reuse: bool = True, parked_cells: int | None = None
+             ) -> LlamaCppBackend:
         """A run folder (with its system prompt) or a model, exported to GGUF on first use."""
         from chattune.models import load_tokenizer
 
         run = Run.open(name) if Run.is_run(name) else None
         tokenizer = load_tokenizer(str(run.tokenizer_dir) if run else name)
         return cls(gguf_path(name, quant), tokenizer, run.config.system_prompt if run else None,
-                   max_batch or MAX_BATCH, kv_tokens or KV_TOKENS, threads, prefix_reuse)
+                   max_batch or MAX_BATCH, kv_tokens or KV_TOKENS, threads, prefix_reuse, parked_cells)
 
     def prompt_ids(self, messages: Conversation) -> list[int]:
         return self.prompt.ids(messages)
