@@ -101,7 +101,7 @@ def main() -> None:
                                           args.rows),
                      "returning chats": serve(backend.new_batch(), returning_chats(backend, args.chats),
                                               args.tokens, args.rows)}
-    print(f"{'PARKED_CELLS':>13}{'new prompts tok/s':>19}{'vs no cap':>10}{'cells':>7}"
+    print(f"{'parked cells':>13}{'new prompts tok/s':>19}{'vs no cap':>10}{'cells':>7}"
           f"{'returning chats tok/s':>23}{'vs no cap':>10}{'prompt reused':>15}")
     for cap, row in rows.items():
         new, chats = row["new prompts"], row["returning chats"]
