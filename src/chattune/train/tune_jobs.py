@@ -3,8 +3,9 @@
     stopped, error = run_workers(work, search, trials=8, jobs=2, seed=42, console=console)   # train/tune.py
 
 Optuna's own distributed mode: every worker opens the same RDB storage and calls study.optimize with its share of
-the trials; Optuna hands each trial a new number, gives the queued baseline (trial 0) to exactly one worker, and the
-median pruner compares against whatever any worker has reported. Each worker is pinned to its own cores (cores // N,
+the trials; Optuna hands each trial a new number and the median pruner compares against whatever any worker has
+reported. The queued baseline (trial 0) goes to the first worker alone: the others start once it has taken it
+(`run_workers` says why). Each worker is pinned to its own cores (cores // N,
 at least 1) with as many torch threads, so N trials do not fight over the same cores. The workers write no results:
 the parent writes trials.csv, best.yaml and report.html once, after all have exited (train/tune.py).
 """
