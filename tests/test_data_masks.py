@@ -52,7 +52,9 @@ def test_fast_path_equals_prefix_renders(request, fixture, max_length):
     chat = ChatTokenizer.for_model(tokenizer, max_length)
     assert chat.generation_prompt is not None  # the search is used, not the fallback
     examples, counts = tokenize_conversations(tokenizer, CASES, max_length)
-    expected = [plain_example(tokenizer, messages, max_length) for messages in CASES]
+    # each example names the conversation it came from (its index), dropped ones included in the count
+    expected = [{**plain_example(tokenizer, messages, max_length), "conversation": index}
+                for index, messages in enumerate(CASES)]
     kept = [example for example in expected if any(label != IGNORE_INDEX for label in example["labels"])]
     assert examples == kept
     assert counts["no_reply_within_max_length"] == len(expected) - len(kept)
@@ -69,7 +71,8 @@ def test_template_that_rewrites_replies_falls_back_to_prefix_renders(tiny_llama)
                                                               "message['content'] | replace('pizza', 'PIZZA')")
     assert ChatTokenizer.for_model(tokenizer, 64).generation_prompt is not None
     examples, _ = tokenize_conversations(tokenizer, CASES, 64)
-    assert examples == [plain_example(tokenizer, messages, 64) for messages in CASES]
+    assert examples == [{**plain_example(tokenizer, messages, 64), "conversation": index}
+                        for index, messages in enumerate(CASES)]
     assert "PIZZA" in tokenizer.decode(examples[3]["input_ids"])  # that one really was rewritten
     # rewrites every reply: the probe shows the search cannot work, so prefix renders are used throughout
     tokenizer.chat_template = tokenizer.chat_template.replace("message['content']", "message['content'] | upper")
@@ -77,7 +80,8 @@ def test_template_that_rewrites_replies_falls_back_to_prefix_renders(tiny_llama)
     assert chat.generation_prompt is None
     cases = [*CASES, conversation(300, system=True)]  # prefix renders of only the turns that fit, then cut
     examples, counts = tokenize_many(chat, cases)
-    assert examples == [plain_example(tokenizer, messages, 64, "<|im_end|>") for messages in cases]
+    assert examples == [{**plain_example(tokenizer, messages, 64, "<|im_end|>"), "conversation": index}
+                        for index, messages in enumerate(cases)]
     over = sum(len(tokenizer(render(tokenizer, messages))["input_ids"]) > 64 for messages in cases)
     assert counts["over_max_length"] == over >= 1
 
@@ -91,7 +95,7 @@ def test_ten_thousand_turns_cost_what_max_length_costs(tiny_llama):
     assert seconds < 5, f"{seconds:.1f} s"
     cut_first = long[:200]  # ~2,400 tokens: well past max_length
     assert len(tokenizer(render(tokenizer, cut_first))["input_ids"]) > 512
-    assert examples == [plain_example(tokenizer, cut_first, 512)]
+    assert examples == [{**plain_example(tokenizer, cut_first, 512), "conversation": 0}]
     assert counts == {"no_reply_within_max_length": 0, "over_max_length": 1, "split_windows": 0}
 
 

@@ -206,5 +206,7 @@ def test_eval_scores_long_conversations_split_as_training_did(evaluated_run):
     windows, counts = tokenize_conversations(backend.tokenizer, conversations, 48, cfg.loss_on, "split")
     assert counts["split_windows"] == len(windows) > len(conversations)
     rows = _likelihoods(backend, cfg, conversations)
-    assert len(rows) == len(windows)
+    # one row per conversation, its windows summed: the bootstrap resamples conversations, not correlated windows
+    assert [w["conversation"] for w in windows] == sorted(w["conversation"] for w in windows)
+    assert len(rows) == len({w["conversation"] for w in windows}) == len(conversations) < len(windows)
     assert sum(row["tokens"] for row in rows) == sum(sum(t != IGNORE_INDEX for t in w["labels"]) for w in windows)

@@ -200,39 +200,44 @@ def _token_lengths(chat: ChatTokenizer, conversations: list[list[dict]]) -> list
             for *_, length in encode_conversations(chat, conversations)]
 
 
-def _add(example: dict | None, examples: list[dict], counts: dict[str, int]) -> None:
+def _add(example: dict | None, conversation: int, examples: list[dict], counts: dict[str, int]) -> None:
     if example is None:
         counts["no_reply_within_max_length"] += 1
     else:
+        example["conversation"] = conversation
         examples.append(example)
 
 
-def _tokenize_batch(chat: ChatTokenizer, batch: list[list[dict]], long_conversations: str, examples: list[dict],
-                    counts: dict[str, int]) -> None:
-    for messages, (encoding, chars, spans, length) in zip(batch, encode_conversations(chat, batch)):
+def _tokenize_batch(chat: ChatTokenizer, batch: list[list[dict]], first: int, long_conversations: str,
+                    examples: list[dict], counts: dict[str, int]) -> None:
+    encoded = encode_conversations(chat, batch)
+    for conversation, (messages, (encoding, chars, spans, length)) in enumerate(zip(batch, encoded), first):
         if 0 <= length <= chat.max_length:
-            _add(_example(chat, encoding, chars, spans), examples, counts)
+            _add(_example(chat, encoding, chars, spans), conversation, examples, counts)
             continue
         counts["over_max_length"] += 1
         if long_conversations == "cut":
-            _add(_example(chat, encoding, chars, spans), examples, counts)
+            _add(_example(chat, encoding, chars, spans), conversation, examples, counts)
             continue
         windows = split_windows(messages, lambda parts: _token_lengths(chat, parts), chat.max_length)
         counts["split_windows"] += len(windows)
         for window, chars, window_spans, _ in encode_conversations(chat, windows):
-            _add(_example(chat, window, chars, window_spans), examples, counts)
+            _add(_example(chat, window, chars, window_spans), conversation, examples, counts)
 
 
 def tokenize_many(chat: ChatTokenizer, conversations: Iterable[list[dict]], long_conversations: str = "cut"
                   ) -> tuple[list[dict], dict[str, int]]:
     """(examples, counts): counts["no_reply_within_max_length"] conversations (or windows) dropped because no
     trained token fit, counts["over_max_length"] conversations longer than max_length (cut, or split into
-    counts["split_windows"] windows of whole turns when long_conversations == "split")."""
+    counts["split_windows"] windows of whole turns when long_conversations == "split"). Each example's
+    "conversation" is the index of the conversation it came from: the windows of one conversation share it, so
+    held-out scores count the conversation once, not each window (evaluate.likelihood)."""
     assert long_conversations in ("cut", "split"), long_conversations
     examples: list[dict] = []
     counts = {"no_reply_within_max_length": 0, "over_max_length": 0, "split_windows": 0}
-    iterator = iter(conversations)
+    iterator, first = iter(conversations), 0
     with gc_paused():  # millions of token lists, none in a cycle
         while batch := list(itertools.islice(iterator, BATCH)):
-            _tokenize_batch(chat, batch, long_conversations, examples, counts)
+            _tokenize_batch(chat, batch, first, long_conversations, examples, counts)
+            first += len(batch)
     return examples, counts

@@ -32,7 +32,7 @@ from chattune.data.tokenized_store import read_examples, write_examples
 from chattune.errors import InputError
 from chattune.files import atomic_directory, atomic_write_json
 
-DATA_FORMAT_VERSION = 1  # bump when reading, cleaning or masking changes what the same input produces
+DATA_FORMAT_VERSION = 2  # bump when reading, cleaning or masking changes what the same input produces (2: conversation)
 # Config keys whose value changes the prepared data; the rest (learning rate, steps, ...) share one entry.
 DATA_KEYS = ("data", "eval_data", "eval_fraction", "limit", "eval_limit", "seed", "prompt_column",
              "response_column", "first_speaker", "consecutive_messages", "system_prompt", "loss_on", "max_length",

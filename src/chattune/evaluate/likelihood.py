@@ -39,7 +39,19 @@ def conversation_likelihoods(model, examples: list[dict], collator, batch_size: 
         for part in range(0, batch["input_ids"].shape[0], step):
             rows += _likelihood_rows({key: value[part : part + step] for key, value in batch.items()}, model)
     model.train(was_training)
-    return rows
+    return _per_conversation(rows, [example.get("conversation", index) for index, example in enumerate(examples)])
+
+
+def _per_conversation(rows: list[dict], conversations: list[int]) -> list[dict]:
+    """The rows of one conversation's windows (`long_conversations: split`) summed into one: the bootstrap resamples
+    conversations, and windows of one conversation are not independent."""
+    merged: dict[int, dict] = {}
+    for row, conversation in zip(rows, conversations):
+        if conversation in merged:
+            merged[conversation] = {key: merged[conversation][key] + row[key] for key in row}
+        else:
+            merged[conversation] = dict(row)
+    return list(merged.values())
 
 
 def _likelihood_rows(batch: dict, model) -> list[dict]:
