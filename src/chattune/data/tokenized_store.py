@@ -1,4 +1,5 @@
-"""Tokenized examples on disk as Arrow IPC files: two list<int32> columns, read back without parsing.
+"""Tokenized examples on disk as Arrow IPC files: two list<int32> columns and the conversation index, read back
+without parsing.
 
     write_examples(examples, Path("train.arrow"))
     examples = read_examples(Path("train.arrow"))      # [{"input_ids": [...], "labels": [...], "conversation": 0}, ...]
