@@ -1,6 +1,6 @@
 """What parked KV costs the llama.cpp backend: continuous batching with finished chats kept in the cache up to
-PARKED_CELLS (chattune's default, `serve --parked-cells`), kept as long as cells and sequence ids allow (the behaviour before the cap), and
-not kept at all, side by side in one run, on two kinds of traffic.
+PARKED_CELLS (chattune's default, `serve --parked-cells`), kept as long as cells and sequence ids allow (the
+behaviour before the cap), and not kept at all, side by side in one run, on two kinds of traffic.
 
     python benchmarks/parked_cells.py                       # SmolLM2-135M q8_0, 2 threads, ~8 min on 2 cores
     python benchmarks/parked_cells.py --requests 40 --caps 0 2048

@@ -191,8 +191,8 @@ class _Cache:
     def evict(self, limit: int, running: list[int], parked_cells: int) -> None:
         """Drop parked sequences, least recently used first, until at most `limit` cells are in use and at most
         `parked_cells` of them are held by parked sequences alone (not shared with a `running` sequence id)."""
-        if not self.parked:
-            return
+        if not self.parked or self.used <= min(limit, parked_cells):
+            return  # within both bounds whatever the running rows share: no need to count their cells (every step)
         live = set().union(*(self.cells[seq_id] for seq_id in running))
         while self.parked and (self.used > limit or self.used - len(live) > parked_cells):
             self.drop(next(iter(self.parked)))

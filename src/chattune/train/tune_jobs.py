@@ -1,12 +1,12 @@
 """`chattune tune --jobs N`: trials in N worker processes that share the study in DIR/study.sqlite.
 
-    stopped, error = run_workers(work, search, trials=8, jobs=2, seed=42, console=console)   # train/tune.py
+    stopped, error = run_workers(work, search, trials=8, jobs=2, seed=42, console=console, queued=...)  # tune.py
 
 Optuna's own distributed mode: every worker opens the same RDB storage and calls study.optimize with its share of
 the trials; Optuna hands each trial a new number and the median pruner compares against whatever any worker has
 reported. The queued baseline (trial 0) goes to the first worker alone: the others start once it has taken it
-(`run_workers` says why). Each worker is pinned to its own cores (cores // N,
-at least 1) with as many torch threads, so N trials do not fight over the same cores. The workers write no results:
+(`run_workers` says why). Each worker is pinned to its own cores (cores // N, at least 1) with as many torch
+threads, so N trials do not fight over the same cores. The workers write no results:
 the parent writes trials.csv, best.yaml and report.html once, after all have exited (train/tune.py).
 """
 
@@ -34,7 +34,7 @@ def core_shares(jobs: int) -> list[list[int]]:
 
 
 def run_workers(work, search, trials: int, jobs: int, seed: int, console: Console,
-                queued: Callable[[], bool] = lambda: False) -> tuple[list[str], str | None]:
+                queued: Callable[[], bool]) -> tuple[list[str], str | None]:
     """Run `trials` trials in `jobs` processes, each `work(search, its trials, its seed, its cores, errors)` (a
     module-level function: the spawned process imports it), and wait for all. Returns a line for each worker that
     did not end cleanly (killed, crashed), and the first InputError a worker met (a value the config refuses).
