@@ -222,3 +222,33 @@ def test_parked_cells_is_refused_for_the_hf_backend_which_keeps_no_finished_kv(t
 
     with pytest.raises(InputError, match="--parked-cells.*--backend llamacpp"):
         load_backend(str(tiny_run), "hf", parked_cells=0)
+
+
+def test_a_joining_prompt_is_read_in_chunks_while_another_row_decodes_and_no_token_changes(tiny_run, monkeypatch):
+    pytest.importorskip("llama_cpp", reason="the llama.cpp backend is an optional extra: pip install '.[llamacpp]'")
+    from chattune.generate import llamacpp
+
+    monkeypatch.setattr(llamacpp, "CHUNK_TOKENS", 8)
+    greedy = Sampling(temperature=0, max_new_tokens=12)
+    fast = llamacpp.LlamaCppBackend.load(str(tiny_run), "f16", prefix_reuse=False)
+    first, joining = (fast.prompt_ids(m) for m in PROMPTS)
+    solo = [greedy_ids(fast, m, 12) for m in PROMPTS]
+    batch = fast.new_batch()
+    rows, read = {batch.add(first, greedy): []}, []
+
+    def step() -> None:
+        for row, token_id in batch.step().items():
+            rows[row].append(token_id)
+        read.append(batch.batch.batch.n_tokens)
+
+    step()
+    assert read == [len(first)] and len(first) > 8  # alone, a prompt is read whole
+    rows[batch.add(joining, greedy)] = []
+    while len(rows[1]) < len(solo[1]):
+        step()
+    # the joining prompt took ceil(len / 7) steps of at most 8 tokens (7 of its own and the decoding row's one),
+    # and the decoding row got a token in every one of them
+    chunks = -(-len(joining) // 7)
+    assert read[1:1 + chunks] == [8] * (chunks - 1) + [1 + len(joining) - 7 * (chunks - 1)]
+    assert len(rows[0]) >= 1 + chunks or rows[0][-1] in fast.stop_ids
+    assert [rows[0][:len(solo[0])], rows[1]] == solo

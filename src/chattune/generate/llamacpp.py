@@ -12,7 +12,8 @@ exactly the same tokens, and replies are decoded by the same tokenizer. Same int
 Why the low-level API: the high-level `Llama` holds one sequence, so requests could only take turns. Here one
 llama.cpp context holds up to `max_batch` sequences (`n_seq_max`) in one unified KV cache of `kv_tokens` cells, and
 every step is a single `llama_decode` of one `llama_batch`: the last token of every running sequence plus the prompt
-tokens of those joining (as llama.cpp's own server does with its parallel slots). Tokens are picked in Python from the
+tokens of those joining, in chunks of CHUNK_TOKENS while others decode (as llama.cpp's own server does with its
+parallel slots and its batch size). Tokens are picked in Python from the
 logits with the same warpers and per-request generator as the HF backend (`generate.pick`), so a seeded request is
 reproducible alone or in a crowd, and both backends sample the same way.
 
@@ -49,8 +50,13 @@ from chattune.runs import Run
 CONTEXT_TOKENS = 4096  # most prompt + reply tokens of one request; chat prompts + replies fit well within this
 MAX_BATCH = 8  # sequences decoded together: the 8 concurrent streams serving is sized for
 KV_TOKENS = 16 * 1024  # KV cells shared by all sequences; SmolLM2-135M at f16 needs 23 KB per cell (~380 MB)
-BATCH_TOKENS = 512  # tokens per llama_decode: longer prompts are read over several steps, so decoding rows wait
-# at most one 512-token chunk (~0.3 s on 2 cores) for a newcomer's prompt
+BATCH_TOKENS = 512  # most tokens per llama_decode: longer prompts are read over several steps
+# Most tokens per llama_decode while some row is decoding: newcomers' prompts are read in chunks this size, so a
+# streaming reply pauses for at most one chunk (~0.4 s on 2 cores) and the worker returns to admit new requests
+# that often. 8 clients sending 200-token prompts in waves (benchmarks/serve_load.py, 2 Zen 3 cores, q8_0): TTFT p95
+# 5.4-6.8 s reading 512 tokens a step (3 runs), 2.7-3.1 s at 128 (2 runs), tok/s 51-57 vs 56-67; chunks of 64
+# lost ~15% of tok/s. A step with no row decoding reads up to BATCH_TOKENS, so a lone prompt is not cut.
+CHUNK_TOKENS = 128
 PARKED = 32  # finished sequences whose KV stays in the cache for a prompt that starts the same way (next turn)
 # Most cells parked sequences hold (beyond those a running one shares). Parked KV is not free: every token of every
 # step scans the attention mask over all cells up to the highest one in use, so 8 rows of new 200-token prompts ran
@@ -268,8 +274,10 @@ class LlamaCppBatch:
         batch, reads = self.batch.batch, []  # reads: (row, batch index) of rows whose next token is due
         batch.n_tokens = 0
         running = sorted(self.sequences.items(), key=lambda item: len(item[1].pending))  # decoding rows first
+        decoding = any(len(sequence.pending) == 1 for sequence in self.sequences.values())
+        budget = max(CHUNK_TOKENS, len(self.sequences)) if decoding else BATCH_TOKENS
         for row, sequence in running:
-            take = sequence.pending[: BATCH_TOKENS - batch.n_tokens]
+            take = sequence.pending[: budget - batch.n_tokens]
             for token_id in take:
                 i = batch.n_tokens
                 batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token_id, sequence.position, 1, 0
