@@ -50,6 +50,11 @@ PRECISIONS = {"fp32": ["precision=fp32"], "bf16": ["precision=bf16"],
               "bf16 fast": ["precision=bf16", "memory=fast"]}
 
 
+def chattune_rows(precisions: list[str]) -> list[str]:
+    """The main table's chattune rows (PRECISIONS keys) for the precisions this CPU trains in."""
+    return [name for name in PRECISIONS if name.split()[0] in precisions]
+
+
 def shared_config(args, method: str, extra: list[str] = ()):
     from chattune.config import load_config
 
@@ -301,8 +306,7 @@ def main() -> None:
     rows, stalled = [], []
     for method in ["lora"] + ([] if args.skip_full else ["full"]):
         runs = [("TRL SFTTrainer defaults", run_trl, (True,)), ("TRL bf16=False", run_trl, (False,))]
-        runs += [(f"chattune {precision}{mode}", run_chattune, (precision + mode,))
-                 for precision in precisions for mode in ("", " balanced")]
+        runs += [(f"chattune {name}", run_chattune, (name,)) for name in chattune_rows(precisions)]
         for name, target, extra in runs:
             emulated = target is run_trl and extra[0] and not native_bf16
             result = in_subprocess(target, args, method, *extra, timeout=args.stall_budget if emulated else None)

@@ -27,6 +27,12 @@ def test_with_native_bf16_both_precisions_get_their_own_peak(monkeypatch):
     assert train_throughput.measure_peaks(native_bf16=True) == {"fp32": 100.0, "bf16": 400.0}
 
 
+def test_the_main_table_runs_each_precision_with_the_default_memory_mode_and_with_fast():
+    # the rows are PRECISIONS keys by construction: a row name that run_chattune cannot look up crashed `make bench`
+    assert train_throughput.chattune_rows(["fp32"]) == ["fp32", "fp32 fast"]
+    assert train_throughput.chattune_rows(["fp32", "bf16"]) == ["fp32", "bf16", "fp32 fast", "bf16 fast"]
+
+
 def test_default_peak_measurement_keeps_to_its_time_bound():
     from machine import matmul_peak_gflops
 
