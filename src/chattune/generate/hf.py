@@ -16,6 +16,7 @@ cache, and dropped from it when the row leaves; the tokens are those of `model.g
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -42,6 +43,9 @@ class HFBatch:
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
+        # transformers renamed the KV cache argument and output field `past_key_values` -> `cache` within 5.x (the old
+        # name warns, and goes in 5.40): the name this model's forward takes
+        self.cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.rows: list[int] = []  # row ids in cache order
         self.pickers: list[TokenPicker] = []
         self.next_ids: list[int] = []  # each row's last token, the input of the next step
@@ -123,7 +127,7 @@ class HFBatch:
         cache = Cache(layers=[_BufferLayer(k, v, self.width) for k, v in self.kv])
         output = self.model(input_ids=torch.tensor(self.next_ids, device=device)[:, None],
                             position_ids=torch.tensor(self.positions, device=device)[:, None],
-                            attention_mask=self.mask, past_key_values=cache, use_cache=True)
+                            attention_mask=self.mask, use_cache=True, **{self.cache_name: cache})
         self.width += 1
         logits = output.logits[:, -1]
         self.next_ids = [picker(logits[i]) for i, picker in enumerate(self.pickers)]
@@ -136,7 +140,8 @@ class HFBatch:
         # (49k-word vocabulary) and a 40 MB tensor
         output = self.model(input_ids=torch.tensor([prompt_ids], device=self.model.device), use_cache=True,
                             logits_to_keep=1)
-        return [(layer.keys, layer.values) for layer in output.past_key_values.layers], output.logits[0, -1]
+        layers = getattr(output, self.cache_name).layers
+        return [(layer.keys, layer.values) for layer in layers], output.logits[0, -1]
 
     def _merge(self, joining: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> None:
         """The joining rows' KV (per row, per layer) stacked under the batch's in one copy, all left-padded to the
