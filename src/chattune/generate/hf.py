@@ -44,8 +44,9 @@ class HFBatch:
     def __init__(self, model: torch.nn.Module):
         self.model = model
         # transformers renamed the KV cache argument and output field `past_key_values` -> `cache` within 5.x (the old
-        # name warns, and goes in 5.40): the name this model's forward takes
-        self.cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        # name warns, and goes in 5.40): the name this model's forward takes (a PEFT wrapper's passes it on as is)
+        forward = (model.get_base_model() if hasattr(model, "get_base_model") else model).forward
+        self.cache_name = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
         self.rows: list[int] = []  # row ids in cache order
         self.pickers: list[TokenPicker] = []
         self.next_ids: list[int] = []  # each row's last token, the input of the next step
