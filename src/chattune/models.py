@@ -122,6 +122,12 @@ def load_seq2seq_model(name: str, dtype=None):
     return model, tokenizer
 
 
+def unwrap_peft(model):
+    """The transformers model inside a PEFT wrapper, or the model itself: its decoder, head and forward signature.
+    Duck-typed, so a plain model's callers (serving, eval) do not import peft (~2 s) to ask."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def load_any_model(name: str, dtype=None):
     """A seq2seq model (T5, BART, ...) or a causal LM, whichever `name` is, with its tokenizer."""
     return load_seq2seq_model(name, dtype) if is_seq2seq(name) else load_model(name, dtype)

@@ -30,6 +30,7 @@ from chattune.generate.together import decode_together, tokens_together
 from chattune.generate.prompt import ChatPrompt
 from chattune.generate.sampling import Sampling
 from chattune.generate.text import Reply
+from chattune.models import unwrap_peft
 from chattune.runs import Run
 
 MAX_BATCH = 8  # rows decoded at once: the 8 concurrent streams serving is sized for
@@ -45,7 +46,7 @@ class HFBatch:
         self.model = model
         # transformers renamed the KV cache argument and output field `past_key_values` -> `cache` within 5.x (the old
         # name warns, and goes in 5.40): the name this model's forward takes (a PEFT wrapper's passes it on as is)
-        forward = (model.get_base_model() if hasattr(model, "get_base_model") else model).forward
+        forward = unwrap_peft(model).forward
         self.cache_name = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
         self.rows: list[int] = []  # row ids in cache order
         self.pickers: list[TokenPicker] = []

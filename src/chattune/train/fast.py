@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import Trainer
 
 from chattune.data.chat import IGNORE_INDEX
+from chattune.models import unwrap_peft
 
 # Architectures whose logits are exactly `lm_head(final hidden state)`: no soft-capping or logit scaling, so the
 # target-only head computes the model's own loss. Others use the model's forward.
@@ -100,9 +101,7 @@ def target_only_loss(model, batch: dict, num_items: int | torch.Tensor | None = 
     given, is the number of trained tokens across all gradient-accumulation micro-batches (so the sum is
     normalised once, exactly as transformers does for its own loss).
     """
-    from peft import PeftModel
-
-    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    inner = unwrap_peft(model)
     hidden = inner.get_decoder()(
         input_ids=batch["input_ids"],
         attention_mask=batch.get("attention_mask"),
@@ -124,9 +123,7 @@ def target_only_loss(model, batch: dict, num_items: int | torch.Tensor | None = 
 def compile_decoder_layers(model) -> None:
     """torch.compile each decoder layer (one compiled graph serves all of them, ~1 min on 2 CPU cores): it fuses
     the norms, activations, rotary and LoRA elementwise work that eager bf16 spends most of its time on."""
-    from peft import PeftModel
-
-    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    inner = unwrap_peft(model)
     decoder = inner.get_decoder()
     for layer in decoder.h if inner.config.model_type == "gpt2" else decoder.layers:
         layer.compile()

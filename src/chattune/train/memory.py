@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from chattune.models import unwrap_peft
+
 MODES = ("low", "balanced", "fast")
 # balanced: activations of one micro-batch are kept under this. The demo's batch (8 x 256 tokens, 1.2 GB of
 # activations per 1,024) is split into 4 micro-batches of 512 tokens: 2,761 MB peak RSS with glibc left alone
@@ -91,9 +93,7 @@ class MemoryPlan:
 
 def decoder_layers(model) -> list:
     """The repeated blocks of a causal LM (through a PEFT wrapper): what checkpointing works on."""
-    from peft import PeftModel
-
-    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    inner = unwrap_peft(model)
     decoder = inner.get_decoder()
     return list(decoder.h if hasattr(decoder, "h") else decoder.layers)
 
@@ -103,10 +103,9 @@ def saved_bytes_per_token(model, tokens: int = 64) -> tuple[float, float]:
     counting what autograd saves in a forward of `tokens` tokens: exact for this architecture, adapter and dropout,
     where a formula would have to know each of them."""
     import torch
-    from peft import PeftModel
     from torch.autograd.graph import saved_tensors_hooks
 
-    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    inner = unwrap_peft(model)
     parameters = {parameter.untyped_storage().data_ptr() for parameter in model.parameters()}
     storages: dict[int, int] = {}
 
@@ -165,9 +164,7 @@ def apply_memory_plan(model, plan: MemoryPlan) -> None:
     inputs that require grad, so frozen embeddings under LoRA work)."""
     if not plan.checkpointed:
         return
-    from peft import PeftModel
-
-    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    inner = unwrap_peft(model)
     inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     chosen = set(plan.checkpointed)
     for index, layer in enumerate(decoder_layers(model)):
