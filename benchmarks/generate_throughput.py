@@ -5,9 +5,10 @@
 
 One stream: time to first token for a ~200-token prompt, and decode tokens/s over `--tokens` greedy tokens (the
 end-of-turn token is suppressed by forcing a fixed length, so every row decodes the same number of tokens).
-Rows: HF generate fp32 (the baseline), HF generate bf16, chattune's llama.cpp backend. Then aggregate tokens/s of
-8 concurrent streams through `chattune serve` against one stream through it, for both backends (hf batches
-concurrent requests, llama.cpp decodes them one at a time).
+Rows: HF generate fp32 (the baseline), HF generate bf16, chattune's llama.cpp backend. Then chattune's hf batch
+(the serving engine) at 1 and `--streams` rows with MKL's matmul against weights packed for oneDNN: prompt reading
+and decode step time, and their ratio. Then aggregate tokens/s of 8 concurrent streams through `chattune serve`
+against one stream through it, for both backends (benchmarks/serve_load.py measures serving under load properly).
 """
 
 from __future__ import annotations
@@ -69,6 +70,30 @@ def hf_row(model_name: str, dtype, tokens: int) -> dict:
 
     generate(lambda token: True)  # warm-up
     return {**time_stream(generate), "prompt_tokens": prompt_ids.shape[1]}
+
+
+def hf_batch_row(model_name: str, packed: bool, rows: int, tokens: int) -> dict:
+    """chattune's hf backend (the engine `serve` runs): reading `rows` numbered copies of the prompt, then decode
+    steps of all rows together; `packed` reorders the linear weights for oneDNN (generate/packed.py), else MKL."""
+    from chattune.generate.hf import load_hf_backend
+    from chattune.generate.sampling import Sampling
+
+    backend = load_hf_backend(model_name, packed=packed)
+    prompts = [backend.prompt_ids([{"role": "user", "content": f"{PROMPT} (#{row})"}]) for row in range(rows)]
+    sampling = Sampling(temperature=0, max_new_tokens=tokens)
+    rounds = []
+    for _ in range(2):  # the first round warms up; the faster of the two is kept
+        batch = backend.new_batch()
+        for prompt in prompts:
+            batch.add(prompt, sampling)
+        started = time.perf_counter()
+        batch.step()  # every row's prompt is read, and its first token picked
+        read_ms = (time.perf_counter() - started) * 1000
+        started = time.perf_counter()
+        for _ in range(tokens - 1):
+            batch.step()
+        rounds.append({"read_ms": read_ms, "step_ms": (time.perf_counter() - started) * 1000 / (tokens - 1)})
+    return {**min(rounds, key=lambda r: r["step_ms"]), "rows": rows, "prompt_tokens": len(prompts[0])}
 
 
 def llamacpp_row(model_name: str, quant: str, tokens: int) -> dict:
@@ -179,12 +204,22 @@ def main() -> None:
     for name, row in rows.items():
         print(f"  {name}: {row['decode_tokens_per_s'] / base:.2f}x HF fp32, "
               f"{row['decode_tokens_per_s'] / reference:.2f}x llama.cpp reference decode")
+    packing = {f"{rows} rows, {name}": hf_batch_row(args.model, packed, rows, args.tokens)
+               for rows in (1, args.streams) for name, packed in (("MKL", False), ("oneDNN packed", True))}
+    print(f"{'chattune hf batch':28}{'prompt tok':>11}{'read ms':>9}{'ms/step':>9}")
+    for name, row in packing.items():
+        print(f"{name:28}{row['prompt_tokens']:11}{row['read_ms']:9.0f}{row['step_ms']:9.1f}")
+    for rows in (1, args.streams):
+        plain, packed = packing[f"{rows} rows, MKL"], packing[f"{rows} rows, oneDNN packed"]
+        print(f"  {rows} rows: packed weights {plain['step_ms'] / packed['step_ms']:.2f}x faster decode steps, "
+              f"{plain['read_ms'] / packed['read_ms']:.2f}x faster prompt reading")
     serving = {backend: serve_rows(args.model, backend, args.tokens, args.streams) for backend in ("llamacpp", "hf")}
     for backend, row in serving.items():
         print(f"chattune serve --backend {backend}: 1 stream {row['one_stream_tokens_per_s']:.1f} tok/s, "
               f"{args.streams} streams {row[f'{args.streams}_streams_tokens_per_s']:.1f} tok/s aggregate "
               f"({row['ratio']:.2f}x)")
-    write_result("generate_throughput", {"args": vars(args), "one_stream": rows, "serve": serving})
+    write_result("generate_throughput", {"args": vars(args), "one_stream": rows, "hf_batch": packing,
+                                         "serve": serving})
 
 
 if __name__ == "__main__":

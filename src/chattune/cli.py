@@ -277,7 +277,7 @@ def _generate_dialogues(args) -> None:
         raise InputError(f"--speakers {args.speakers!r}: give two different names, e.g. --speakers Person1,Person2")
     if args.turns < 1 or args.n < 1:
         raise InputError("generate: --turns and --n must be at least 1")
-    dialogues = generate_dialogues(load_hf_backend(args.run), args.dialogue, turns=args.turns, n=args.n,
+    dialogues = generate_dialogues(load_hf_backend(args.run, packed=True), args.dialogue, turns=args.turns, n=args.n,
                                    speakers=speakers, sampling=_sampling(args))
     for dialogue in dialogues:
         if args.jsonl:  # chattune chat data: `chattune train --data dialogues.jsonl`

@@ -58,7 +58,7 @@ def evaluate_alignment(run: Run, contexts: list[Conversation], conversations: li
     encoder = SentenceEncoder.load()
     scored = {}
     for name, source in (("base", cfg.parent), ("tuned", str(run.path))):
-        backend = load_hf_backend(source)  # a LoRA run merged at load, as chat and serve use it
+        backend = load_hf_backend(source, packed=True)  # a LoRA run merged at load, as chat and serve use it
         with console.status(f"alignment eval: {name} ({source}) replying"):
             samples = sampled_replies(backend, contexts, cfg.eval_samples, sampled)
             greedy = [group[0] for group in sampled_replies(backend, contexts, 1, Sampling(

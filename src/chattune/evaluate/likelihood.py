@@ -31,7 +31,7 @@ def conversation_likelihoods(model, examples: list[dict], collator, batch_size: 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    vocab = model.get_output_embeddings().weight.shape[0]
+    vocab = model.get_output_embeddings().out_features
     rows = []
     for first in range(0, len(examples), batch_size):
         batch = {key: value.to(device) for key, value in collator(examples[first : first + batch_size]).items()}

@@ -36,6 +36,7 @@ from chattune.evaluate.relevance import SentenceEncoder, cosine_similarities
 from chattune.evaluate.safety import TOXIC_THRESHOLD, toxicity
 from chattune.files import atomic_write_json
 from chattune.generate.hf import HFBackend, load_hf_backend
+from chattune.generate.packed import pack_linears
 from chattune.generate.sampling import run_sampling
 from chattune.runs import Run
 
@@ -127,9 +128,9 @@ def _load_system(run: Run, cfg: ChatConfig, name: str) -> HFBackend:
     from chattune.models import load_model
 
     if name == "tuned":
-        return load_hf_backend(str(run.path))
+        return load_hf_backend(str(run.path), packed=True)
     model, tokenizer = load_model(cfg.model)
-    return HFBackend(model, tokenizer, cfg.system_prompt)
+    return HFBackend(pack_linears(model), tokenizer, cfg.system_prompt)
 
 
 def _likelihoods(backend: HFBackend, cfg: ChatConfig, conversations: list[Conversation]) -> list[dict]:

@@ -84,7 +84,7 @@ def load_backend(name: str, backend: str = "hf", quant: str = "q8_0", max_batch:
                          "llamacpp")
     from chattune.generate.hf import load_hf_backend
 
-    loaded = load_hf_backend(name)
+    loaded = load_hf_backend(name, packed=True)
     loaded.max_batch = max_batch or loaded.max_batch
     loaded.kv_tokens = kv_tokens or loaded.kv_tokens
     return loaded

@@ -35,7 +35,7 @@ def reply_to_prompts(name: str, prompts: list[str], sampling: Sampling, batch_si
     """(prompt, reply) for each prompt, each a one-turn conversation, `batch_size` decoded together."""
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
-    backend = load_hf_backend(name)
+    backend = load_hf_backend(name, packed=True)
     for first in range(0, len(prompts), batch_size):
         chunk = prompts[first : first + batch_size]
         replies = backend.replies([[{"role": "user", "content": prompt}] for prompt in chunk], sampling)

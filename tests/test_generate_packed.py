@@ -1,0 +1,95 @@
+"""Linear weights packed for oneDNN (generate/packed.py): the same outputs as F.linear, one row's result independent
+of the rows beside it, the same greedy replies as the unpacked model, no silent backward, and only the decode-only
+loaders pack."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from serve_helpers import PROMPTS, chat_run, one_torch_thread
+
+from chattune.generate.backend import load_backend
+from chattune.generate.hf import load_hf_backend
+from chattune.generate.packed import PackedLinear, pack_linears, packing_works
+from chattune.generate.sampling import Sampling
+
+needs_onednn = pytest.mark.skipif(not packing_works(), reason="this torch build has no usable oneDNN linear")
+
+
+def user(prompt: str) -> list[dict]:
+    return [{"role": "user", "content": prompt}]
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory, tiny_llama) -> str:
+    return str(chat_run(tmp_path_factory, tiny_llama))
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_packed_linear_gives_what_f_linear_gives_for_2d_3d_and_strided_inputs(bias):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 200, bias=bias)
+    packed = PackedLinear(linear)
+    with torch.no_grad():
+        for x in (torch.randn(5, 96), torch.randn(2, 7, 96), torch.randn(96, 4).t()):
+            # tolerance: float32 sums of 96 products in another order
+            torch.testing.assert_close(packed(x), F.linear(x, linear.weight, linear.bias), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_one_rows_result_does_not_depend_on_the_rows_decoded_beside_it():
+    """What lets a seeded request give the same tokens alone and in a crowd: bit-equal, not merely close."""
+    torch.manual_seed(0)
+    packed = PackedLinear(torch.nn.Linear(576, 1536, bias=False))
+    rows = torch.randn(200, 576)
+    with torch.no_grad():
+        together = packed(rows)
+        for count in (1, 3, 8, 64):
+            assert torch.equal(packed(rows[:count]), together[:count])
+
+
+@needs_onednn
+def test_a_packed_linear_refuses_an_input_that_needs_a_gradient():
+    packed = PackedLinear(torch.nn.Linear(8, 4))
+    with pytest.raises(RuntimeError, match="no backward"):
+        packed(torch.randn(2, 8, requires_grad=True))
+    with torch.no_grad():
+        assert packed(torch.randn(2, 8, requires_grad=True)).shape == (2, 4)
+
+
+@needs_onednn
+def test_a_packed_model_gives_the_same_logits_and_greedy_replies(run_folder):
+    plain, packed = load_hf_backend(run_folder), load_hf_backend(run_folder, packed=True)
+    assert not any(isinstance(m, PackedLinear) for m in plain.model.modules())
+    linears = [m for m in packed.model.modules() if isinstance(m, PackedLinear)]
+    assert len(linears) == 2 * 7 + 1  # 2 layers x (q, k, v, o, gate, up, down) + the LM head
+    ids = torch.tensor([plain.prompt_ids(user(PROMPTS[0]))])
+    with torch.no_grad():
+        torch.testing.assert_close(packed.model(ids).logits, plain.model(ids).logits, rtol=1e-4, atol=1e-4)
+    sampling = Sampling(temperature=0, max_new_tokens=16)
+    conversations = [user(prompt) for prompt in PROMPTS]
+    with one_torch_thread():
+        assert [r.text for r in packed.replies(conversations, sampling)] == \
+            [r.text for r in plain.replies(conversations, sampling)]
+
+
+@needs_onednn
+def test_serving_packs_and_exporting_does_not(run_folder):
+    """`load_backend` (chat, serve) packs; `load_hf_backend`'s default, which the exporters use, keeps the weights
+    readable."""
+    served = load_backend(run_folder, "hf")
+    assert isinstance(served.model.lm_head, PackedLinear)
+    exported = load_hf_backend(run_folder)
+    assert exported.model.lm_head.weight.shape[0] == len(exported.tokenizer)
+
+
+def test_nothing_is_packed_where_onednn_is_unusable(monkeypatch, tiny_llama):
+    from chattune.generate import packed as module
+    from chattune.models import load_model
+
+    monkeypatch.setattr(module, "packing_works", lambda: False)
+    model, _ = load_model(tiny_llama)
+    assert pack_linears(model) is model
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
