@@ -36,7 +36,6 @@ from chattune.evaluate.relevance import SentenceEncoder, cosine_similarities
 from chattune.evaluate.safety import TOXIC_THRESHOLD, toxicity
 from chattune.files import atomic_write_json
 from chattune.generate.hf import HFBackend, load_hf_backend
-from chattune.generate.packed import pack_linears
 from chattune.generate.sampling import run_sampling
 from chattune.runs import Run
 
@@ -127,10 +126,13 @@ def eval_conversations(cfg: ChatConfig, data: str | None, split: str) -> list[Co
 def _load_system(run: Run, cfg: ChatConfig, name: str) -> HFBackend:
     from chattune.models import load_model
 
+    # not packed for oneDNN (generate/packed.py): `make demo` evaluates in the process that just trained, where
+    # packing's moment with both weight copies in memory raised the peak RSS from ~3.1 to ~3.4 GiB, for ~15 s of
+    # its 32 replies
     if name == "tuned":
-        return load_hf_backend(str(run.path), packed=True)
+        return load_hf_backend(str(run.path))
     model, tokenizer = load_model(cfg.model)
-    return HFBackend(pack_linears(model), tokenizer, cfg.system_prompt)
+    return HFBackend(model, tokenizer, cfg.system_prompt)
 
 
 def _likelihoods(backend: HFBackend, cfg: ChatConfig, conversations: list[Conversation]) -> list[dict]:

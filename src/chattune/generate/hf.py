@@ -232,9 +232,9 @@ class HFBackend:
 
 def load_hf_backend(name: str, packed: bool = False) -> HFBackend:
     """A chattune run folder (with its system prompt), or any model name or folder that `load_model` accepts.
-    `packed`: for callers that only decode (chat, serve, generate, eval): the linear weights are reordered for
-    oneDNN (generate/packed.py: 1.5-2x faster decode steps on CPU), after which they cannot be read or trained, so
-    exporters keep the default."""
+    `packed`: for callers that only decode (chat, serve, generate, the alignment eval): the linear weights are
+    reordered for oneDNN (generate/packed.py: 1.4-2x faster decode steps on CPU), after which they cannot be read
+    or trained, so exporters keep the default."""
     from chattune.models import load_model, load_tokenizer
 
     if not Run.is_run(name):

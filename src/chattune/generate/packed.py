@@ -54,6 +54,12 @@ def pack_linears(model: torch.nn.Module) -> torch.nn.Module:
             weight = child.weight if type(child) is torch.nn.Linear else None  # not subclasses (LoRA layers, ...)
             if weight is not None and weight.device.type == "cpu" and weight.dtype == torch.float32:
                 setattr(module, name, PackedLinear(child))
+    # transformers maps a safetensors file into memory, and every page of it read stays in RSS while any tensor
+    # still points into the mapping; copying out what was not packed (embeddings, norms: ~20% of SmolLM2) lets
+    # it go. Without this, SmolLM2 decoding packed held 1.47 GB RSS instead of 1.06 GB.
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()
     return model
 
 
