@@ -93,3 +93,10 @@ def test_nothing_is_packed_where_onednn_is_unusable(monkeypatch, tiny_llama):
     model, _ = load_model(tiny_llama)
     assert pack_linears(model) is model
     assert not any(isinstance(m, PackedLinear) for m in model.modules())
+
+
+def test_the_probe_leaves_the_global_rng_where_it_was():
+    packing_works.cache_clear()
+    before = torch.random.get_rng_state()
+    packing_works()
+    assert torch.equal(torch.random.get_rng_state(), before)

@@ -69,9 +69,9 @@ def packing_works() -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
     try:
-        probe = torch.nn.Linear(64, 48)
-        x = torch.randn(3, 64)
-        with torch.no_grad():
+        with torch.random.fork_rng(devices=[]), torch.no_grad():  # the probe leaves a seeded run's RNG alone
+            probe = torch.nn.Linear(64, 48)
+            x = torch.randn(3, 64)
             return torch.allclose(PackedLinear(probe)(x), F.linear(x, probe.weight, probe.bias), atol=1e-5)
     except (RuntimeError, AttributeError):  # an op missing from this build, or unsupported on this CPU
         return False
