@@ -197,3 +197,25 @@ def test_the_kv_budget_holds_a_request_back_and_the_waiting_limit_gives_busy():
         asyncio.run(crowd())
     finally:
         engine.close()
+
+
+def test_a_loading_engine_builds_its_backend_in_the_decode_thread_and_raises_its_load_error():
+    """`chattune serve` loads the model in the thread that decodes with it (Engine.loading says why)."""
+    loaded_in = []
+
+    def load():
+        loaded_in.append(threading.current_thread().name)
+        return ScriptedBackend([ord(c) for c in "ok"] + [STOP_ID])
+
+    engine = Engine.loading(load)
+    try:
+        assert loaded_in == ["chattune-decode"]
+        assert run_jobs(engine, [("x", 10)]) == [("ok", "stop", 3)]
+    finally:
+        engine.close()
+
+    def broken():
+        raise InputError("runs/missing: not a chattune run folder")
+
+    with pytest.raises(InputError, match="not a chattune run folder"):
+        Engine.loading(broken)

@@ -260,8 +260,9 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, db: str = "feedba
         access.addHandler(logging.StreamHandler())
     model_id = run.rstrip("/")
     store = Store(db)
-    engine = Engine(load_backend(run, backend, quant, max_batch=max_batch, kv_tokens=kv_tokens, threads=threads,
-                                 parked_cells=parked_cells), max_waiting=settings.max_waiting)
+    engine = Engine.loading(lambda: load_backend(run, backend, quant, max_batch=max_batch, kv_tokens=kv_tokens,
+                                                 threads=threads, parked_cells=parked_cells),
+                            max_waiting=settings.max_waiting)
     # the run's decoding defaults (its generation_config.json), as `chattune chat` decodes the same run
     app = create_app(engine, store, model_id, settings, defaults=run_sampling(run))
     print(f"serving {model_id}\n  chat page: http://{host}:{port}/\n  API:       http://{host}:{port}/v1 "
