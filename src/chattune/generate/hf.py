@@ -235,11 +235,16 @@ def load_hf_backend(name: str, packed: bool = False) -> HFBackend:
     `packed`: for callers that only decode (chat, serve, generate, the alignment eval): the linear weights are
     reordered for oneDNN (generate/packed.py: 1.4-2x faster decode steps on CPU), after which they cannot be read
     or trained, so exporters keep the default."""
+    model, tokenizer, system_prompt = _load_model(name)
+    return HFBackend(pack_linears(model) if packed else model, tokenizer, system_prompt)
+
+
+def _load_model(name: str) -> tuple[torch.nn.Module, object, str | None]:
+    """The model (a run's LoRA merged), its tokenizer and its system prompt (None outside a run folder)."""
     from chattune.models import load_model, load_tokenizer
 
     if not Run.is_run(name):
-        model, tokenizer = load_model(name)
-        return HFBackend(pack_linears(model) if packed else model, tokenizer)
+        return *load_model(name), None
     run = Run.open(name)
     tokenizer = load_tokenizer(str(run.tokenizer_dir))  # carries the chat template training used
     if run.is_adapter:
@@ -250,4 +255,4 @@ def load_hf_backend(name: str, packed: bool = False) -> HFBackend:
         model = PeftModel.from_pretrained(base, run.weights).merge_and_unload()
     else:
         model, _ = load_model(str(run.weights))
-    return HFBackend(pack_linears(model) if packed else model, tokenizer, run.config.system_prompt)
+    return model, tokenizer, run.config.system_prompt
