@@ -100,3 +100,16 @@ def test_the_probe_leaves_the_global_rng_where_it_was():
     before = torch.random.get_rng_state()
     packing_works()
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+@needs_onednn
+def test_a_model_with_nothing_to_pack_is_left_as_it_was(tiny_llama):
+    """No fp32 linear (here a bf16 model): nothing is packed, and the weights are not copied either."""
+    from chattune.models import load_model
+
+    model, _ = load_model(tiny_llama)
+    model.to(torch.bfloat16)
+    pointers = [p.data_ptr() for p in model.parameters()]
+    assert pack_linears(model) is model
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+    assert [p.data_ptr() for p in model.parameters()] == pointers

@@ -49,11 +49,15 @@ def pack_linears(model: torch.nn.Module) -> torch.nn.Module:
     embedding, which keeps its own copy); unchanged where oneDNN is unusable (see `packing_works`)."""
     if not packing_works():
         return model
+    packed = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             weight = child.weight if type(child) is torch.nn.Linear else None  # not subclasses (LoRA layers, ...)
             if weight is not None and weight.device.type == "cpu" and weight.dtype == torch.float32:
                 setattr(module, name, PackedLinear(child))
+                packed += 1
+    if not packed:  # nothing was packed (a bf16 model, no nn.Linear): the weights need no copy either
+        return model
     # transformers maps a safetensors file into memory, and every page of it read stays in RSS while any tensor
     # still points into the mapping; copying out what was not packed (embeddings, norms: ~20% of SmolLM2) lets
     # it go. Without this, SmolLM2 decoding packed held 1.47 GB RSS instead of 1.06 GB.
