@@ -94,7 +94,7 @@ def run_chattune(args, method: str = "lora") -> dict:
     from chattune.models import load_model
     from chattune.train.align import make_trainer
     from chattune.train.common import add_lora, seed_everything
-    from chattune.train.sft import use_bf16
+    from chattune.precision import use_bf16
 
     cfg = align_config(args)
     seed_everything(cfg.seed)
@@ -116,7 +116,7 @@ def run_trl(args, method: str, bf16: bool) -> dict:
 
     from chattune.models import load_model
     from chattune.train.common import lora_config, seed_everything
-    from chattune.train.fast import bf16_supported
+    from chattune.precision import bf16_supported
 
     cfg = align_config(args)
     seed_everything(cfg.seed)
@@ -159,7 +159,7 @@ def main() -> None:
     import torch
 
     from chattune.models import resolve_model
-    from chattune.train.fast import bf16_supported
+    from chattune.precision import bf16_supported
 
     resolve_model(MODEL)  # convert the GGUF once, outside the timed runs
     native_bf16 = bf16_supported(torch.device("cpu"))

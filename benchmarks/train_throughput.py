@@ -111,6 +111,7 @@ def run_chattune(args, method: str, ablation: str = "all tricks") -> dict:
     from chattune.data.load import load_chat_split
     from chattune.data.prepare import tokenize_split
     from chattune.models import load_model
+    from chattune.precision import use_bf16
     from chattune.train import sft
     from chattune.train.common import add_lora
 
@@ -121,7 +122,7 @@ def run_chattune(args, method: str, ablation: str = "all tricks") -> dict:
     train_set, eval_set, report = load_chat_split(cfg)
     model, tokenizer = load_model(cfg.model)
     train_examples, eval_examples = tokenize_split(cfg, tokenizer, train_set, eval_set, report)
-    bf16 = sft.use_bf16(cfg.precision, model.device)
+    bf16 = use_bf16(cfg.precision, model.device)
     if method == "lora":
         model = add_lora(model, cfg)
     with tempfile.TemporaryDirectory() as run:
@@ -142,7 +143,7 @@ def run_trl(args, method: str, bf16: bool) -> dict:
     from chattune.data.load import load_chat_split
     from chattune.models import load_model
     from chattune.train.common import lora_config
-    from chattune.train.fast import bf16_supported
+    from chattune.precision import bf16_supported
 
     cfg = shared_config(args, method)
     train_set, eval_set, _ = load_chat_split(cfg)
@@ -290,7 +291,7 @@ def main() -> None:
     import torch
 
     from chattune.models import resolve_model
-    from chattune.train.fast import bf16_supported
+    from chattune.precision import bf16_supported
 
     resolve_model(MODEL)  # convert the GGUF once, outside the timed runs
     native_bf16 = bf16_supported(torch.device("cpu"))

@@ -308,7 +308,7 @@ def test_align_trainer_rollouts_in_fp32_without_checkpointing_where_bf16_is_emul
     from chattune.config import align_config
     from chattune.runs import Run
     from chattune.train.align import load_policy, make_trainer, prompt_dataset
-    from chattune.train.fast import bf16_supported
+    from chattune.precision import bf16_supported
 
     parent_values = yaml.safe_load((parent / "config.yaml").read_text())
     overrides = [item for item in FAST if item not in ("--set", "precision=fp32")]

@@ -141,7 +141,8 @@ def test_fast_trainer_runs_the_decoder_under_bf16_autocast(tiny_llama, tmp_path)
 
     from chattune.config import load_config
     from chattune.train import sft
-    from chattune.train.fast import FastTrainer, bf16_supported
+    from chattune.precision import bf16_supported
+    from chattune.train.fast import FastTrainer
 
     if not bf16_supported(torch.device("cpu")):
         pytest.skip("this CPU has no native bf16")

@@ -40,13 +40,14 @@ from chattune.generate.batch import sampled_replies
 from chattune.generate.hf import HFBackend
 from chattune.generate.sampling import Sampling
 from chattune.models import load_model, load_tokenizer
+from chattune.precision import use_bf16
 from chattune.runs import Run
 from chattune.train.callbacks import RichProgress
 from chattune.train.common import (cleanup_on_failure, device_arguments, prepare_run_folder, save_weights,
                                    seed_everything, shared_callbacks, training_arguments)
 from chattune.train.rewards import load_rewards
 from chattune.train.rollouts import merged_rollouts
-from chattune.train.sft import fit_memory, use_bf16
+from chattune.train.sft import fit_memory
 
 FILTER_SEED_OFFSET = 1_000  # the toxic-prone filter samples with seed + this: the evaluation's samples are fresh ones
 

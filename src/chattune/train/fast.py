@@ -8,14 +8,13 @@ Each trick computes the same thing as the plain path (tests/test_train_fast.py c
   padding (chat data is often 30-300 tokens per conversation: padding a batch to its longest wastes 30-60%).
 - `target_only_loss`: the LM head (49k x 576 for SmolLM2, ~20% of a forward pass) and the cross-entropy run only at
   positions whose next token is trained, in checkpointed chunks, instead of materialising logits for every token.
-- `bf16_supported`: bf16 autocast on CUDA and on CPUs with native bf16 dot products (AVX512-BF16 / AMX), where it
-  runs the matmuls ~3-5x faster than fp32; fp32 everywhere else.
+- bf16 autocast on CUDA and on CPUs with native bf16 dot products (`chattune.precision`), where it runs the matmuls
+  ~3-5x faster than fp32; fp32 everywhere else.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -29,16 +28,6 @@ from chattune.models import unwrap_peft
 # target-only head computes the model's own loss. Others use the model's forward.
 PLAIN_HEAD_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "smollm3", "phi3"}
 LOSS_CHUNK_TOKENS = 1024  # target positions per LM-head chunk: bounds the live logits to 1024 x vocab floats
-
-
-def bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = cpuinfo.read_text() if cpuinfo.is_file() else ""
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def pack_examples(examples: list[dict], max_length: int) -> list[dict]:

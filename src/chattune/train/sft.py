@@ -26,6 +26,7 @@ from chattune.evaluate.fit import read_log_fit
 from chattune.evaluate.likelihood import conversation_likelihoods, summarize_likelihoods
 from chattune.files import atomic_write_json
 from chattune.models import load_model, load_tokenizer
+from chattune.precision import use_bf16
 from chattune.runs import Run
 from chattune.train.callbacks import RichProgress
 from chattune.train.common import (add_lora, build_trainer, cleanup_on_failure, global_batch, prepare_run_folder,
@@ -33,7 +34,7 @@ from chattune.train.common import (add_lora, build_trainer, cleanup_on_failure, 
 from chattune.train.distributed import enable_fsdp_on_cpu, is_main_process, process_state, trained_model
 from chattune.train.memory import (activation_budget, apply_memory_plan, available_bytes, estimate_peak_bytes,
                                    peak_rss_mb, plan_memory, release_freed_memory)
-from chattune.train.fast import (LOSS_CHUNK_TOKENS, PLAIN_HEAD_MODEL_TYPES, FastTrainer, PackedCollator, bf16_supported,
+from chattune.train.fast import (LOSS_CHUNK_TOKENS, PLAIN_HEAD_MODEL_TYPES, FastTrainer, PackedCollator,
                                  compile_decoder_layers, pack_examples, supports_target_only_loss)
 
 
@@ -124,12 +125,6 @@ def score(model, tokenizer, examples: list[dict], cfg: ChatConfig) -> list[dict]
     """Per-conversation likelihood rows. Reported numbers are scored in fp32 whatever the training precision, so
     runs compare across machines."""
     return conversation_likelihoods(model, examples, PadCollator(tokenizer.pad_token_id), cfg.eval_batch_size)
-
-
-def use_bf16(precision: str, device) -> bool:
-    if precision == "bf16" and not bf16_supported(device):
-        raise InputError(f"precision=bf16: this {device.type} has no native bf16; use precision=auto or fp32")
-    return precision == "bf16" or (precision == "auto" and bf16_supported(device))
 
 
 def fit_memory(cfg: ChatConfig, model, console, *, row_tokens: int | None = None) -> dict:

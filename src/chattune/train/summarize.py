@@ -32,12 +32,13 @@ from chattune.errors import InputError
 from chattune.evaluate.fit import read_log_fit
 from chattune.files import atomic_write_json
 from chattune.models import load_any_model
+from chattune.precision import use_bf16
 from chattune.runs import Run
 from chattune.train.callbacks import RichProgress
 from chattune.train.common import (add_lora, build_trainer, cleanup_on_failure, global_batch, prepare_run_folder,
                                    save_model, seed_everything, train_or_finish)
 from chattune.train.distributed import enable_fsdp_on_cpu, is_main_process, process_state, trained_model
-from chattune.train.fast import FastTrainer, PackedCollator, bf16_supported, pack_examples, supports_target_only_loss
+from chattune.train.fast import FastTrainer, PackedCollator, pack_examples, supports_target_only_loss
 
 
 def train_summarizer(cfg: SummarizeConfig, run: Path, *, resume: bool = False, overwrite: bool = False,
@@ -129,9 +130,7 @@ def encode(cfg: SummarizeConfig, model, tokenizer, pairs: list[Pair], report: di
 
 
 def _precision_arguments(cfg: SummarizeConfig, model) -> dict:
-    if cfg.precision == "bf16" and not bf16_supported(model.device):
-        raise InputError(f"precision=bf16: this {model.device.type} has no native bf16; use precision=auto or fp32")
-    return dict(bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported(model.device)))
+    return dict(bf16=use_bf16(cfg.precision, model.device))
 
 
 def seq2seq_trainer(cfg: SummarizeConfig, run: Path, model, tokenizer, train_set, eval_set, progress):
