@@ -6,8 +6,9 @@
 One stream: time to first token for a ~200-token prompt, and decode tokens/s over `--tokens` greedy tokens (the
 end-of-turn token is suppressed by forcing a fixed length, so every row decodes the same number of tokens).
 Rows: HF generate fp32 (the baseline), HF generate bf16, chattune's llama.cpp backend. Then chattune's hf batch
-(the serving engine) at 1 and `--streams` rows with MKL's matmul against weights packed for oneDNN: prompt reading
-and decode step time, and their ratio. Then aggregate tokens/s of 8 concurrent streams through `chattune serve`
+(the serving engine) at 1 and `--streams` rows with MKL's matmul against weights packed for oneDNN, and, where the
+CPU has native bf16, packed with prompts read in bf16 (`--prompt-precision`): prompt reading and decode step time,
+and their ratios. Then aggregate tokens/s of 8 concurrent streams through `chattune serve`
 against one stream through it, for both backends (benchmarks/serve_load.py measures serving under load properly).
 """
 
@@ -72,13 +73,13 @@ def hf_row(model_name: str, dtype, tokens: int) -> dict:
     return {**time_stream(generate), "prompt_tokens": prompt_ids.shape[1]}
 
 
-def hf_batch_row(model_name: str, packed: bool, rows: int, tokens: int) -> dict:
+def hf_batch_row(model_name: str, packed: bool, rows: int, tokens: int, prompt_precision: str = "fp32") -> dict:
     """chattune's hf backend (the engine `serve` runs): reading `rows` numbered copies of the prompt, then decode
     steps of all rows together; `packed` reorders the linear weights for oneDNN (generate/packed.py), else MKL."""
     from chattune.generate.hf import load_hf_backend
     from chattune.generate.sampling import Sampling
 
-    backend = load_hf_backend(model_name, packed=packed)
+    backend = load_hf_backend(model_name, packed=packed, prompt_precision=prompt_precision)
     prompts = [backend.prompt_ids([{"role": "user", "content": f"{PROMPT} (#{row})"}]) for row in range(rows)]
     sampling = Sampling(temperature=0, max_new_tokens=tokens)
     rounds = []
@@ -205,8 +206,13 @@ def main() -> None:
     for name, row in rows.items():
         print(f"  {name}: {row['decode_tokens_per_s'] / base:.2f}x HF fp32, "
               f"{row['decode_tokens_per_s'] / reference:.2f}x llama.cpp reference decode")
-    packing = {f"{rows} rows, {name}": hf_batch_row(args.model, packed, rows, args.tokens)
-               for rows in (1, args.streams) for name, packed in (("MKL", False), ("oneDNN packed", True))}
+    from chattune.precision import bf16_supported
+
+    variants = [("MKL", False, "fp32"), ("oneDNN packed", True, "fp32")]
+    if bf16_supported(torch.device("cpu")):  # emulated bf16 would only be slower
+        variants.append(("packed, bf16 prompts", True, "bf16"))
+    packing = {f"{rows} rows, {name}": hf_batch_row(args.model, packed, rows, args.tokens, precision)
+               for rows in (1, args.streams) for name, packed, precision in variants}
     print(f"{'chattune hf batch':28}{'prompt tok':>11}{'read ms':>9}{'ms/step':>9}")
     for name, row in packing.items():
         print(f"{name:28}{row['prompt_tokens']:11}{row['read_ms']:9.0f}{row['step_ms']:9.1f}")
@@ -214,6 +220,10 @@ def main() -> None:
         plain, packed = packing[f"{rows} rows, MKL"], packing[f"{rows} rows, oneDNN packed"]
         print(f"  {rows} rows: packed weights {plain['step_ms'] / packed['step_ms']:.2f}x faster decode steps, "
               f"{plain['read_ms'] / packed['read_ms']:.2f}x faster prompt reading")
+        if (bf16 := packing.get(f"{rows} rows, packed, bf16 prompts")) is not None:
+            print(f"  {rows} rows: bf16 prompts {packed['read_ms'] / bf16['read_ms']:.2f}x faster prompt reading "
+                  f"than packed fp32")
+    # the server reads prompts in bf16 where the CPU has it natively (--prompt-precision auto)
     serving = {backend: serve_rows(args.model, backend, args.tokens, args.streams) for backend in ("llamacpp", "hf")}
     for backend, row in serving.items():
         print(f"chattune serve --backend {backend}: 1 stream {row['one_stream_tokens_per_s']:.1f} tok/s, "

@@ -1,6 +1,7 @@
 """Linear weights packed for oneDNN (generate/packed.py): the same outputs as F.linear, one row's result independent
 of the rows beside it, the same greedy replies as the unpacked model, no silent backward, and only the decode-only
-loaders pack."""
+loaders pack. Prompts read in bf16 (`--prompt-precision`): fp32 KV and logits close to an fp32 read, and a seeded
+request still gives the same tokens alone and in a crowd."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import torch.nn.functional as F
 from serve_helpers import PROMPTS, chat_run, one_torch_thread
 
 from chattune.generate.backend import load_backend
-from chattune.generate.hf import load_hf_backend
+from chattune.errors import InputError
+from chattune.generate.hf import HFBackend, load_hf_backend
 from chattune.generate.packed import PackedLinear, pack_linears, packing_works
 from chattune.generate.sampling import Sampling
+from chattune.generate.together import tokens_together
 
 needs_onednn = pytest.mark.skipif(not packing_works(), reason="this torch build has no usable oneDNN linear")
 
@@ -113,3 +116,64 @@ def test_a_model_with_nothing_to_pack_is_left_as_it_was(tiny_llama):
     assert pack_linears(model) is model
     assert not any(isinstance(m, PackedLinear) for m in model.modules())
     assert [p.data_ptr() for p in model.parameters()] == pointers
+
+
+@needs_onednn
+def test_under_bf16_autocast_a_packed_linear_uses_its_bf16_copy_and_outside_it_fp32():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 200)
+    packed, x = PackedLinear(linear, bf16=True), torch.randn(7, 96)
+    with torch.no_grad():
+        assert torch.equal(packed(x), PackedLinear(linear)(x))
+        with torch.autocast("cpu", torch.bfloat16):
+            read = packed(x)
+            expected = F.linear(x, linear.weight, linear.bias)  # what autocast runs for a plain Linear
+    assert read.dtype == expected.dtype == torch.bfloat16
+    # tolerance: bf16 keeps 8 bits of mantissa; the two sum the products in another order
+    torch.testing.assert_close(read.float(), expected.float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.fixture(scope="module")
+def bf16_prompts(run_folder) -> tuple[HFBackend, HFBackend]:
+    """The same run packed, reading prompts in fp32 and in bf16 (built directly: emulated bf16 is slow, not wrong,
+    so this runs on any CPU)."""
+    fp32 = load_hf_backend(run_folder, packed=True)
+    model = pack_linears(load_hf_backend(run_folder).model, bf16=True)
+    return fp32, HFBackend(model, fp32.tokenizer, fp32.prompt.system_prompt, prompt_bf16=True)
+
+
+@needs_onednn
+def test_a_prompt_read_in_bf16_leaves_fp32_kv_and_logits_close_to_an_fp32_read(bf16_prompts):
+    fp32, bf16 = bf16_prompts
+    ids = fp32.prompt_ids(user(PROMPTS[1]))
+    with torch.no_grad():
+        (kv32, logits32), (kv16, logits16) = fp32.new_batch()._read(ids), bf16.new_batch()._read(ids)
+    assert {t.dtype for layer in kv16 for t in layer} == {logits16.dtype} == {torch.float32}
+    for (k32, v32), (k16, v16) in zip(kv32, kv16):
+        torch.testing.assert_close(k16, k32, rtol=0.05, atol=0.05)
+        torch.testing.assert_close(v16, v32, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(logits16, logits32, rtol=0.05, atol=0.1)
+    assert int(logits16.argmax()) == int(logits32.argmax())
+
+
+@needs_onednn
+def test_with_prompts_read_in_bf16_a_seeded_request_gives_the_same_tokens_alone_and_in_a_crowd(bf16_prompts):
+    """Each prompt is read alone, so reading it in bf16 keeps the crowd out of a request's tokens."""
+    _, backend = bf16_prompts
+    sampling = Sampling(temperature=1.0, top_p=0.95, seed=7, max_new_tokens=12)
+    prompts = [backend.prompt_ids(user(prompt)) for prompt in PROMPTS]
+    with one_torch_thread():
+        alone = [tokens_together(backend, [prompt], sampling)[0] for prompt in prompts[:3]]
+        crowd = [tokens_together(backend, [prompt, *prompts[3:]], sampling)[0] for prompt in prompts[:3]]
+    assert alone == crowd
+
+
+def test_bf16_prompts_asked_for_where_bf16_is_emulated_are_one_clear_error(monkeypatch, run_folder):
+    from chattune import precision
+
+    monkeypatch.setattr(precision, "bf16_supported", lambda device: False)
+    with pytest.raises(InputError, match="--prompt-precision bf16: this cpu has no native bf16"):
+        load_backend(run_folder, "hf", prompt_precision="bf16")
+    assert not load_backend(run_folder, "hf").prompt_bf16  # auto: fp32 there
+    with pytest.raises(InputError, match="--prompt-precision: .* for --backend hf"):
+        load_backend(run_folder, "llamacpp", prompt_precision="fp32")

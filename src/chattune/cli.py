@@ -77,6 +77,10 @@ def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quant", choices=["q4_1", "q8_0", "f16"], default="q8_0",
                         help="GGUF weights for --backend llamacpp (default q8_0: as fast as q4_1 to decode here, "
                         "faster prompts, closer to the trained weights)")
+    parser.add_argument("--prompt-precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="--backend hf: read prompts in bf16 or fp32 (default auto: bf16 where the CPU has native "
+                        "bf16, AVX512-BF16 or AMX; a 200-token prompt 1.6x faster there, replies may differ from "
+                        "fp32 ones after a few tokens). Decoding stays fp32")
 
 
 def _sampling(args):
@@ -231,7 +235,7 @@ def cmd_chat(args) -> None:
     from chattune.generate.terminal import chat_loop
 
     sampling = _sampling(args)
-    backend = load_backend(args.run, args.backend, args.quant)
+    backend = load_backend(args.run, args.backend, args.quant, prompt_precision=args.prompt_precision)
     chat_loop(backend, sampling, Console(highlight=False), system_prompt=args.system)
 
 
@@ -356,7 +360,7 @@ def cmd_serve(args) -> None:
                              read_timeout=args.read_timeout, access_log=not args.no_access_log)
     serve(args.run, host=args.host, port=args.port, db=args.db, backend=args.backend, quant=args.quant,
           settings=settings, insecure=args.insecure, max_batch=args.max_batch, kv_tokens=args.kv_tokens,
-          threads=args.threads, parked_cells=args.parked_cells)
+          threads=args.threads, parked_cells=args.parked_cells, prompt_precision=args.prompt_precision)
 
 
 def cmd_feedback_stats(args) -> None:

@@ -67,16 +67,20 @@ class DecodeBackend(Protocol):
 
 
 def load_backend(name: str, backend: str = "hf", quant: str = "q8_0", max_batch: int | None = None,
-                 kv_tokens: int | None = None, threads: int | None = None, parked_cells: int | None = None
-                 ) -> DecodeBackend:
+                 kv_tokens: int | None = None, threads: int | None = None, parked_cells: int | None = None,
+                 prompt_precision: str = "auto") -> DecodeBackend:
     """A run folder or model behind the chosen backend; llamacpp exports the run to GGUF once. `max_batch`,
     `kv_tokens` and (llamacpp) `parked_cells` override the backend's own limits (see hf.py and llamacpp.py for the
-    defaults and why); `threads` sets llama.cpp's threads (torch's are the caller's: `torch.set_num_threads`)."""
+    defaults and why); `threads` sets llama.cpp's threads (torch's are the caller's: `torch.set_num_threads`);
+    (hf) `prompt_precision`: auto, fp32 or bf16 (`load_hf_backend` says what auto does and costs)."""
     if backend not in BACKENDS:
         raise InputError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
     if backend == "llamacpp":
         from chattune.generate.llamacpp import LlamaCppBackend
 
+        if prompt_precision != "auto":
+            raise InputError("--prompt-precision: llama.cpp reads prompts in the precision of its --quant; it is "
+                             "for --backend hf")
         return LlamaCppBackend.load(name, quant, threads=threads, max_batch=max_batch, kv_tokens=kv_tokens,
                                     parked_cells=parked_cells)
     if parked_cells is not None:
@@ -84,7 +88,7 @@ def load_backend(name: str, backend: str = "hf", quant: str = "q8_0", max_batch:
                          "llamacpp")
     from chattune.generate.hf import load_hf_backend
 
-    loaded = load_hf_backend(name, packed=True)
+    loaded = load_hf_backend(name, packed=True, prompt_precision=prompt_precision)
     loaded.max_batch = max_batch or loaded.max_batch
     loaded.kv_tokens = kv_tokens or loaded.kv_tokens
     return loaded

@@ -237,7 +237,7 @@ def create_app(engine: Engine, store: Store, model_id: str, settings: ServeSetti
 def serve(run: str, host: str = "127.0.0.1", port: int = 8000, db: str = "feedback.sqlite", backend: str = "hf",
           quant: str = "q8_0", settings: ServeSettings | None = None, insecure: bool = False,
           max_batch: int | None = None, kv_tokens: int | None = None, threads: int = DECODE_THREADS,
-          parked_cells: int | None = None) -> None:
+          parked_cells: int | None = None, prompt_precision: str = "auto") -> None:
     """Load `run`, then serve it until Ctrl-C or SIGTERM. The API key is the settings', else $CHATTUNE_API_KEY."""
     import dataclasses
     import os
@@ -261,7 +261,8 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, db: str = "feedba
     model_id = run.rstrip("/")
     store = Store(db)
     engine = Engine.loading(lambda: load_backend(run, backend, quant, max_batch=max_batch, kv_tokens=kv_tokens,
-                                                 threads=threads, parked_cells=parked_cells),
+                                                 threads=threads, parked_cells=parked_cells,
+                                                 prompt_precision=prompt_precision),
                             max_waiting=settings.max_waiting)
     # the run's decoding defaults (its generation_config.json), as `chattune chat` decodes the same run
     app = create_app(engine, store, model_id, settings, defaults=run_sampling(run))
