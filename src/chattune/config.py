@@ -163,6 +163,9 @@ class ChatConfig(TrainConfig):
     # default).
     consecutive_messages: str = CONSECUTIVE_MESSAGES
     system_prompt: str | None = None  # added as the system turn of conversations that have none
+    # Cut each training conversation before its first assistant reply with p(toxic) above this (alt-profanity-check,
+    # the evaluation's classifier; data/toxic.py); null keeps every reply. The held-out side is never cut.
+    max_reply_toxicity: float | None = None
     loss_on: str = "assistant"  # "assistant": learn the replies only; "all": every token
     # A conversation longer than max_length tokens: "cut" trains on its first max_length tokens; "split" trains on
     # windows of whole turns that each fit max_length, so late replies of long support threads are learnt too.
@@ -196,6 +199,8 @@ class ChatConfig(TrainConfig):
         _check(self.consecutive_messages in ("newline", "space"), "consecutive_messages", self.consecutive_messages,
                "'newline' or 'space'")
         _check(self.loss_on in ("assistant", "all"), "loss_on", self.loss_on, "'assistant' or 'all'")
+        _check(self.max_reply_toxicity is None or 0.0 <= self.max_reply_toxicity < 1.0, "max_reply_toxicity",
+               self.max_reply_toxicity, "a probability in [0, 1), or null to keep every reply")
         _check(self.long_conversations in ("cut", "split"), "long_conversations", self.long_conversations,
                "'cut' or 'split'")
         for key in ("max_file_bytes", "max_record_bytes"):
@@ -360,6 +365,7 @@ class AlignConfig(ChatConfig):
 # conversations of the parent stay unseen and chat/serve/export read the aligned run as they read the parent.
 ALIGN_INHERITS = ("data", "eval_data", "eval_fraction", "limit", "eval_limit", "model", "method", "lora", "max_length",
                   "prompt_column", "response_column", "first_speaker", "consecutive_messages", "system_prompt",
+                  "max_reply_toxicity",
                   "loss_on", "precision", "seed",
                   "eval_max_new_tokens")
 

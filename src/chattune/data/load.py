@@ -150,7 +150,15 @@ def load_chat_split(cfg) -> tuple[list[Conversation], list[Conversation], dict]:
         train = conversations
         evaluation, eval_report = load_conversations(cfg.eval_data, **options)
     evaluation = evaluation[: cfg.eval_limit]
+    toxic_report = None
+    if cfg.max_reply_toxicity is not None:  # the training side only (data/toxic.py says why)
+        from chattune.data.toxic import cut_toxic_replies
+
+        train, toxic_report = cut_toxic_replies(train, cfg.max_reply_toxicity)
+        if not train:
+            raise InputError(f"{cfg.data}: every training conversation's first reply is over "
+                             f"max_reply_toxicity={cfg.max_reply_toxicity}; raise it or set it to null")
     train, evaluation = ([with_system(c, cfg.system_prompt) for c in part] for part in (train, evaluation))
     report = {"data": data_report.to_dict(), "eval_data": eval_report.to_dict() if eval_report else None,
-              "train_conversations": len(train), "eval_conversations": len(evaluation)}
+              "toxic_replies": toxic_report, "train_conversations": len(train), "eval_conversations": len(evaluation)}
     return train, evaluation, report

@@ -35,7 +35,8 @@ from chattune.files import atomic_directory, atomic_write_json
 DATA_FORMAT_VERSION = 2  # bump when reading, cleaning or masking changes what the same input produces (2: conversation)
 # Config keys whose value changes the prepared data; the rest (learning rate, steps, ...) share one entry.
 DATA_KEYS = ("data", "eval_data", "eval_fraction", "limit", "eval_limit", "seed", "prompt_column",
-             "response_column", "first_speaker", "consecutive_messages", "system_prompt", "loss_on", "max_length",
+             "response_column", "first_speaker", "consecutive_messages", "system_prompt", "max_reply_toxicity",
+             "loss_on", "max_length",
              "long_conversations", "max_file_bytes", "max_record_bytes")
 
 
