@@ -52,11 +52,14 @@ def free_port() -> int:
 class Server:
     """`chattune serve` in a subprocess on a free local port."""
 
-    def __init__(self, model: str, backend: str, quant: str, max_batch: int, threads: int, folder: Path):
+    def __init__(self, model: str, backend: str, quant: str, max_batch: int, threads: int, folder: Path,
+                 prompt_precision: str = "auto"):
         self.port, self.db = free_port(), folder / f"{backend}-{max_batch}-{time.time_ns()}.sqlite"
         command = [sys.executable, "-m", "chattune.cli", "serve", model, "--port", str(self.port), "--db",
                    str(self.db), "--backend", backend, "--quant", quant, "--max-batch", str(max_batch),
                    "--threads", str(threads), "--no-access-log"]
+        if backend == "hf":
+            command += ["--prompt-precision", prompt_precision]
         self.log = open(folder / f"server-{self.port}.log", "w")
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -183,7 +186,7 @@ async def load_rows(backend: str, args, folder: Path) -> dict:
 
     rows = {}
     for label, max_batch in (("baseline", 1), ("batched", args.max_batch))[0 if args.baseline else 1:]:
-        server = Server(args.model, backend, args.quant, max_batch, args.threads, folder)
+        server = Server(args.model, backend, args.quant, max_batch, args.threads, folder, args.prompt_precision)
         try:
             async with httpx.AsyncClient() as client:
                 await server.wait_ready(client)
@@ -200,7 +203,7 @@ async def load_rows(backend: str, args, folder: Path) -> dict:
 async def soak(backend: str, args, folder: Path) -> dict:
     import httpx
 
-    server = Server(args.model, backend, args.quant, args.max_batch, args.threads, folder)
+    server = Server(args.model, backend, args.quant, args.max_batch, args.threads, folder, args.prompt_precision)
     try:
         async with httpx.AsyncClient() as client:
             await server.wait_ready(client)
@@ -276,6 +279,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="max_tokens per request")
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="--threads for the server (torch, hf backend)")
+    parser.add_argument("--prompt-precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="--prompt-precision for the hf server (auto: bf16 where the CPU has it natively)")
     parser.add_argument("--arrival-gap", type=float, default=0.3, help="mean seconds between first arrivals")
     parser.add_argument("--think", type=float, default=0.2, help="mean seconds between a client's requests")
     parser.add_argument("--soak-backend", default="llamacpp")
