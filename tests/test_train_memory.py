@@ -164,3 +164,44 @@ def test_balanced_budget_is_fixed_on_cpu_and_half_the_free_memory_on_a_gpu(monke
     assert activation_budget(torch.device("cpu")) == BALANCED_ACTIVATION_BYTES
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * 2**30, 80 * 2**30))
     assert activation_budget(torch.device("cuda", 0)) == 20 * 2**30
+
+
+@pytest.mark.parametrize("mode, trims", [("low", True), ("balanced", True), ("fast", False)])
+def test_balanced_and_low_return_freed_heap_pages_after_every_step(tmp_path, monkeypatch, mode, trims):
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from chattune.train import callbacks
+    from chattune.train.common import shared_callbacks
+
+    calls = []
+    monkeypatch.setattr(callbacks, "trim_heap", lambda: calls.append(1))
+    trimming = [c for c in shared_callbacks(load_config(overrides=[f"memory={mode}", "report_to=none"]), tmp_path,
+                                            progress=None) if isinstance(c, callbacks.TrimHeap)]
+    assert bool(trimming) is trims
+    for callback in trimming:
+        callback.on_step_end(TrainingArguments(str(tmp_path)), TrainerState(), TrainerControl())
+    assert calls == ([1] if trims else [])
+
+
+TRIM = """
+import ctypes, torch
+from chattune.train.memory import trim_heap
+def rss():
+    return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) * 1024
+block = torch.ones(8 * 2**20 // 4)
+del block  # freeing an mmapped 8 MB block raises glibc's mmap threshold: what follows comes from the heap
+kept, freed = [], []
+for i in range(240):  # tensors of varying sizes, as micro-batches of packed rows leave; every other one is freed
+    (kept if i % 2 else freed).append(torch.ones((1 + i % 3) * 2**20 // 4))
+del freed
+before = rss()
+trim_heap()
+print(before - rss())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's")
+def test_trimming_the_heap_gives_freed_pages_back_to_the_os():
+    # 120 freed tensors of 1-3 MB (~240 MB) between live ones: freed, they stay in RSS until trimmed
+    returned = int(subprocess.run([sys.executable, "-c", TRIM], capture_output=True, text=True, check=True).stdout)
+    assert returned > 100 * 2**20

@@ -1,4 +1,5 @@
-"""Trainer callbacks: a Rich progress bar, a one-line summary per evaluation, metrics.jsonl, checkpoint markers.
+"""Trainer callbacks: a Rich progress bar, a one-line summary per evaluation, metrics.jsonl, checkpoint markers,
+freed memory returned after each step.
 
 transformers' Trainer writes a checkpoint folder file by file. A checkpoint counts as complete only once
 `COMPLETE_MARKER` is written into it (atomically, after everything else): `--resume` takes the newest complete
@@ -18,8 +19,17 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from chattune.files import atomic_write_text
+from chattune.train.memory import trim_heap
 
 COMPLETE_MARKER = "chattune-complete"
+
+
+class TrimHeap(TrainerCallback):
+    """After every optimizer step, free heap pages go back to the OS (memory=balanced and low; `memory.trim_heap`
+    says why and what it costs)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        trim_heap()
 
 
 class RichProgress(TrainerCallback):

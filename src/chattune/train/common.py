@@ -19,7 +19,7 @@ from pathlib import Path
 
 from chattune.errors import InputError
 from chattune.runs import Run
-from chattune.train.callbacks import CheckpointMarker, MetricsLog, last_complete_checkpoint
+from chattune.train.callbacks import CheckpointMarker, MetricsLog, TrimHeap, last_complete_checkpoint
 from chattune.train.disk import checkpoint_bytes, full_disk_is_input_error, weights_bytes
 from chattune.train.distributed import from_main_process, is_main_process
 
@@ -170,11 +170,14 @@ def build_trainer(cfg, run: Path, model, tokenizer, train_set, eval_set, collato
 
 def shared_callbacks(cfg, run: Path, progress) -> list:
     """What every trainer of a run reports to: checkpoint markers, and on rank 0 of a distributed launch the
-    progress line, RUN/metrics.jsonl and RUN/tensorboard (when in report_to). TRL's trainers (train/align.py) take
+    progress line, RUN/metrics.jsonl and RUN/tensorboard (when in report_to); and, under memory=balanced or low,
+    freed heap pages returned after each step (TrimHeap). TRL's trainers (train/align.py) take
     these too; remove PrinterCallback after building one."""
     check_reporters_installed(cfg.report_to)
     run_folder = Run(run)
     shared = [CheckpointMarker()]
+    if getattr(cfg, "memory", "fast") != "fast":  # the tasks with a memory plan (chat, align)
+        shared.append(TrimHeap())
     if is_main_process():
         shared += [progress, MetricsLog(run_folder.metrics_log_path)]
         if "tensorboard" in cfg.report_to:
