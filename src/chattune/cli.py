@@ -79,7 +79,7 @@ def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
                         "faster prompts, closer to the trained weights)")
     parser.add_argument("--prompt-precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="--backend hf: read prompts in bf16 or fp32 (default auto: bf16 where the CPU has native "
-                        "bf16, AVX512-BF16 or AMX; a 200-token prompt 1.6x faster there, replies may differ from "
+                        "bf16, AVX512-BF16 or AMX; a 200-token prompt ~1.5x faster there, replies may differ from "
                         "fp32 ones after a few tokens). Decoding stays fp32")
 
 

@@ -179,9 +179,10 @@ class ChatConfig(TrainConfig):
     compile: bool = False  # torch.compile the decoder layers: ~1 min up front, then faster steps (see README Speed)
     # Activations of a training step (train/memory.py): "fast" keeps them all (~6.4 GB peak for a LoRA step of
     # 8 x 256 tokens on SmolLM2-135M); "balanced" splits batches into micro-batches of 512 tokens and checkpoints
-    # just enough layers to hold them under 768 MB and returns freed heap pages after each step (2.8 GB peak, ~15-20%
-    # slower on 2 cores); "low" checkpoints every layer and returns freed tensors to the OS (slowest). balanced by default: a laptop with 8 GB trains the demo
-    # without swapping, at 85-94% of fast's speed (README Memory); on a GPU it holds activations to half its free memory
+    # just enough layers to hold them under 768 MB, and returns freed heap pages after each step (2.8 GB peak, ~15-20%
+    # slower on 2 cores); "low" checkpoints every layer and returns freed tensors to the OS (slowest). balanced by
+    # default: a laptop with 8 GB trains the demo without swapping, at 80-94% of fast's speed (README Memory); on a
+    # GPU it holds activations to half its free memory
     memory: str = "balanced"
     # After training, base and tuned models reply to this many held-out conversations for BLEU/ROUGE/toxicity/
     # relevance with bootstrap intervals (RUN/eval.json, RUN/report.html); 0 skips it. 64 pairs take ~1 min for
