@@ -279,7 +279,8 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--lora-dropout", type=float, default=0.0, help="both trainers (the demo's setting)")
     parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per run")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing starts")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed steps before timing starts (at least 1: the clock starts at a step's end)")
     parser.add_argument("--stall-budget", type=float, default=150,
                         help="seconds the TRL-defaults row may run where its bf16 is emulated; then it is stopped")
     parser.add_argument("--skip-full", action="store_true", help="LoRA rows only")
@@ -287,6 +288,8 @@ def main() -> None:
     parser.add_argument("--ablate", action="store_true",
                         help="instead: chattune LoRA with each speed trick turned off in turn (what each contributes)")
     args = parser.parse_args()
+    if args.warmup < 1:  # the first timed step is measured from the end of the one before it
+        parser.error("--warmup must be at least 1")
 
     import torch
 
