@@ -7,8 +7,9 @@
 Both trainers get identical data (a fixed chitchat slice, split as chattune splits it), the same model, LoRA
 settings, max length, batch size, optimizer (AdamW), learning rate and number of steps; everything else is each
 trainer's default (TRL 1.x: bf16 autocast and gradient checkpointing on, no packing, loss on all tokens;
-chattune: packing, target-only LM head, bf16 where native, loss on assistant tokens; one row with the default
-memory mode, balanced, and one with memory=fast). Each run
+chattune: packing, target-only LM head, fused LoRA layers, bf16 where native, loss on assistant tokens; per
+precision one row with the defaults (memory=balanced, int8_base=auto: the frozen base read in int8 where a training
+batch's loss allows), one with memory=fast, and one with int8_base=false). Each run
 happens in a fresh subprocess (so peak RSS is its own), in alternation, and the first `--warmup` steps are not timed.
 
 TRL gets two rows: its defaults as they behave on this machine (bf16=True; on a CPU without native bf16 that is
@@ -20,7 +21,9 @@ Reported per run: real tokens/s (non-padding tokens processed), target tokens/s 
 (padding included), peak RSS, model FLOP utilisation, and the eval loss on the same held-out conversations
 (chattune's assistant-token loss, fp32, for both). MFU counts the FLOPs a step needs (the decoder for every real
 token, the LM head only where a token is trained: recomputation and logits nobody trains on are not useful work)
-against a matmul peak measured in the precision of the run (fp32, or bf16 where the CPU has it natively), in ~3 s.
+against a matmul peak measured in the precision of the run (fp32, or bf16 where the CPU has it natively), in ~3 s;
+an int8-base row is held to the float peak of its precision too, so its MFU says how much faster it is than the
+float matmuls could be, not how busy the int8 units are.
 """
 
 from __future__ import annotations
@@ -41,13 +44,16 @@ MODEL = "smollm2-135m-instruct"
 # --ablate: chattune LoRA with one speed trick turned off at a time (config overrides, or the plain model loss)
 ABLATIONS = {"all tricks": [], "no packing": ["packing=false"], "full LM head": "plain-loss",
              "memory=fast": ["memory=fast"], "memory=balanced": ["memory=balanced"], "memory=low": ["memory=low"],
-             "lora dropout 0.05": ["lora.dropout=0.05"],
-             "compile": ["compile=true"]}
+             "lora dropout 0.05": ["lora.dropout=0.05"], "peft LoRA layers": "peft-lora",
+             "plain base (no int8)": ["int8_base=false"], "compile": ["compile=true"]}
 BF16_ABLATION = {"fp32 (no bf16)": ["precision=fp32"]}  # only where the CPU has native bf16
-# the main table's chattune rows: each precision with the default memory mode (balanced), and with memory=fast
+# the main table's chattune rows: each precision with the defaults (memory=balanced, int8_base=auto), with
+# memory=fast, and with the base in its float weights (int8_base=false)
 PRECISIONS = {"fp32": ["precision=fp32"], "bf16": ["precision=bf16"],
               "fp32 fast": ["precision=fp32", "memory=fast"],
-              "bf16 fast": ["precision=bf16", "memory=fast"]}
+              "bf16 fast": ["precision=bf16", "memory=fast"],
+              "fp32 plain base": ["precision=fp32", "int8_base=false"],
+              "bf16 plain base": ["precision=bf16", "int8_base=false"]}
 
 
 def chattune_rows(precisions: list[str]) -> list[str]:
@@ -114,11 +120,14 @@ def run_chattune(args, method: str, ablation: str = "all tricks") -> dict:
     from chattune.precision import use_bf16
     from chattune.train import sft
     from chattune.train.common import add_lora
+    from chattune.train.fused_lora import FusedLoRA
 
     change = {**ABLATIONS, **BF16_ABLATION, **PRECISIONS}[ablation]
     if change == "plain-loss":  # the model's own forward and loss: logits for every position
         sft.supports_target_only_loss = lambda model: False
-    cfg = shared_config(args, method, [] if change == "plain-loss" else change)
+    if change == "peft-lora":  # peft's own LoRA layers instead of the fused ones
+        sft.fuse_lora = lambda model, int8_base=False: FusedLoRA()
+    cfg = shared_config(args, method, [] if isinstance(change, str) else change)
     train_set, eval_set, report = load_chat_split(cfg)
     model, tokenizer = load_model(cfg.model)
     train_examples, eval_examples = tokenize_split(cfg, tokenizer, train_set, eval_set, report)
@@ -131,8 +140,10 @@ def run_chattune(args, method: str, ablation: str = "all tricks") -> dict:
         result = measured_training(trainer, args.warmup)
     result["eval_loss"] = held_out_loss(trainer.model, tokenizer, eval_set, cfg.max_length)
     result["settings"] = (f"packing={cfg.packing}, precision={'bf16' if bf16 else 'fp32'}, target-only LM head, "
-                          f"memory={cfg.memory}, lora.dropout={cfg.lora.dropout}, compile={cfg.compile}")
+                          f"memory={cfg.memory}, lora.dropout={cfg.lora.dropout}, int8_base={cfg.int8_base}, "
+                          f"compile={cfg.compile}")
     result["precision"] = "bf16" if bf16 else "fp32"
+    result["int8_base"] = bool(trainer.int8_base and trainer.int8_base["used"])  # auto decides per run
     return result
 
 
@@ -285,6 +296,9 @@ def main() -> None:
                         help="seconds the TRL-defaults row may run where its bf16 is emulated; then it is stopped")
     parser.add_argument("--skip-full", action="store_true", help="LoRA rows only")
     parser.add_argument("--compile", action="store_true", help="chattune with compile=true (warm-up must cover it)")
+    parser.add_argument("--fp32-only", action="store_true",
+                        help="only the rows a CPU without native bf16 runs (TRL bf16=False, chattune's fp32 rows); "
+                             "with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 it stands in for an AVX2 CPU")
     parser.add_argument("--ablate", action="store_true",
                         help="instead: chattune LoRA with each speed trick turned off in turn (what each contributes)")
     args = parser.parse_args()
@@ -297,7 +311,7 @@ def main() -> None:
     from chattune.precision import bf16_supported
 
     resolve_model(MODEL)  # convert the GGUF once, outside the timed runs
-    native_bf16 = bf16_supported(torch.device("cpu"))
+    native_bf16 = bf16_supported(torch.device("cpu")) and not args.fp32_only
     peaks = measure_peaks(native_bf16)
     precisions = list(peaks)
     shape = model_shape()
@@ -309,7 +323,8 @@ def main() -> None:
         return
     rows, stalled = [], []
     for method in ["lora"] + ([] if args.skip_full else ["full"]):
-        runs = [("TRL SFTTrainer defaults", run_trl, (True,)), ("TRL bf16=False", run_trl, (False,))]
+        runs = [("TRL SFTTrainer defaults", run_trl, (True,))] if not args.fp32_only else []
+        runs += [("TRL bf16=False", run_trl, (False,))]
         runs += [(f"chattune {name}", run_chattune, (name,)) for name in chattune_rows(precisions)]
         for name, target, extra in runs:
             emulated = target is run_trl and extra[0] and not native_bf16
@@ -331,9 +346,14 @@ def main() -> None:
                                       "stalled": stalled})
 
 
+def shown_precision(row: dict) -> str:
+    """The row's precision, "+int8" where its frozen base was read in int8."""
+    return row["precision"] + ("+int8" if row.get("int8_base") else "")
+
+
 def row_line(row: dict) -> str:
     stopped = "  (bf16 emulated)" if row.get("bf16_emulated") else ""
-    return (f"{row['trainer']:24} {row['method']:4} {row['precision']}  real {row['real_tokens_per_s']:7.1f} tok/s  "
+    return (f"{row['trainer']:24} {row['method']:4} {shown_precision(row)}  real {row['real_tokens_per_s']:7.1f} tok/s  "
             f"targets {row['target_tokens_per_s']:7.1f} tok/s  MFU {row['mfu']:.1%}  RSS {row['peak_rss_mb']:.0f} MB  "
             f"eval loss {row['eval_loss']:.4f}  ({row['steps_timed']} timed steps){stopped}")
 
@@ -346,7 +366,7 @@ def ablate(args, peaks: dict, shape: dict, native_bf16: bool) -> None:
           f"{'all tricks / this':>19}")
     for name, row in rows.items():
         row["mfu"] = useful_flops_per_s(row, "lora", shape) / (peaks[row["precision"]] * 1e9)
-        print(f"{name:20}{row['precision']:>10}{row['real_tokens_per_s']:11.1f}{row['mfu']:7.1%}"
+        print(f"{name:20}{shown_precision(row):>10}{row['real_tokens_per_s']:11.1f}{row['mfu']:7.1%}"
               f"{row['peak_rss_mb']:12.0f}{row['eval_loss']:10.4f}{full / row['real_tokens_per_s']:18.2f}x")
     write_result("train_ablation", {"args": vars(args), "peak_gflops": peaks, **shape, "rows": rows})
 
@@ -354,10 +374,10 @@ def ablate(args, peaks: dict, shape: dict, native_bf16: bool) -> None:
 def print_table(rows: list[dict], peaks: dict, flags: dict) -> None:
     print(f"\nCPU flags deciding the precision: {', '.join(f'{f}={y}' for f, y in flags.items())}")
     print("matmul peaks: " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peaks.items()) + " (MFU against the row's)")
-    print(f"{'trainer':25}{'method':7}{'prec':5}{'real tok/s':>11}{'target tok/s':>13}{'MFU':>7}{'peak RSS MB':>12}"
+    print(f"{'trainer':25}{'method':7}{'precision':10}{'real tok/s':>11}{'target tok/s':>13}{'MFU':>7}{'peak RSS MB':>12}"
           f"{'eval loss':>10}")
     for row in rows:
-        print(f"{row['trainer']:25}{row['method']:7}{row['precision']:5}{row['real_tokens_per_s']:11.1f}"
+        print(f"{row['trainer']:25}{row['method']:7}{shown_precision(row):10}{row['real_tokens_per_s']:11.1f}"
               f"{row['target_tokens_per_s']:13.1f}{row['mfu']:7.1%}{row['peak_rss_mb']:12.0f}{row['eval_loss']:10.4f}"
               + ("  bf16 emulated" if row.get("bf16_emulated") else ""))
     for method in sorted({row["method"] for row in rows}):

@@ -29,8 +29,9 @@ def test_with_native_bf16_both_precisions_get_their_own_peak(monkeypatch):
 
 def test_the_main_table_runs_each_precision_with_the_default_memory_mode_and_with_fast():
     # the rows are PRECISIONS keys by construction: a row name that run_chattune cannot look up crashed `make bench`
-    assert train_throughput.chattune_rows(["fp32"]) == ["fp32", "fp32 fast"]
-    assert train_throughput.chattune_rows(["fp32", "bf16"]) == ["fp32", "bf16", "fp32 fast", "bf16 fast"]
+    assert train_throughput.chattune_rows(["fp32"]) == ["fp32", "fp32 fast", "fp32 plain base"]
+    assert train_throughput.chattune_rows(["fp32", "bf16"]) == ["fp32", "bf16", "fp32 fast", "bf16 fast",
+                                                                "fp32 plain base", "bf16 plain base"]
 
 
 def test_default_peak_measurement_keeps_to_its_time_bound():

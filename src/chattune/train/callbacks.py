@@ -32,6 +32,16 @@ class TrimHeap(TrainerCallback):
         trim_heap()
 
 
+class AtTrainEnd(TrainerCallback):
+    """Calls `action()` once training ends (e.g. a FusedLoRA's `remove`: the int8 copies are for training only)."""
+
+    def __init__(self, action):
+        self.action = action
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.action()
+
+
 class RichProgress(TrainerCallback):
     """A progress bar with the latest train loss, and one summary line per evaluation."""
 

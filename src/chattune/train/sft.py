@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from rich.console import Console
 
 from chattune.config import ChatConfig, save_config
@@ -28,14 +29,16 @@ from chattune.files import atomic_write_json
 from chattune.models import load_model, load_tokenizer
 from chattune.precision import use_bf16
 from chattune.runs import Run
-from chattune.train.callbacks import RichProgress
+from chattune.train.callbacks import AtTrainEnd, RichProgress
 from chattune.train.common import (add_lora, build_trainer, cleanup_on_failure, global_batch, prepare_run_folder,
                                    save_model, seed_everything, train_or_finish)
 from chattune.train.distributed import enable_fsdp_on_cpu, is_main_process, process_state, trained_model
-from chattune.train.memory import (activation_budget, apply_memory_plan, available_bytes, estimate_peak_bytes,
-                                   peak_rss_mb, plan_memory, release_freed_memory)
 from chattune.train.fast import (LOSS_CHUNK_TOKENS, PLAIN_HEAD_MODEL_TYPES, FastTrainer, PackedCollator,
-                                 compile_decoder_layers, pack_examples, supports_target_only_loss)
+                                 compile_decoder_layers, pack_examples, supports_target_only_loss,
+                                 target_only_loss)
+from chattune.train.fused_lora import fuse_lora, int8_base_supported
+from chattune.train.memory import (activation_budget, apply_memory_plan, available_bytes, estimate_peak_bytes,
+                                   peak_rss_mb, plan_memory, release_freed_memory, trim_heap)
 
 
 @dataclass
@@ -104,6 +107,7 @@ def train(cfg: ChatConfig, run: Path, *, resume: bool = False, overwrite: bool =
         "train_seconds": round(time.time() - started, 1),
         "peak_rss_mb": round(peak_rss_mb()),  # training and both scorings, before the reply evaluation
         "memory": cfg.memory,
+        "int8_base": trainer.int8_base,  # null where not tried (full fine-tuning, GPU, int8_base=false)
         "fit": fit,
     })
     return HeldOut(eval_set, {"base": base_rows, "tuned": tuned_rows})
@@ -148,6 +152,47 @@ def fit_memory(cfg: ChatConfig, model, console, *, row_tokens: int | None = None
             "gradient_accumulation_steps": cfg.gradient_accumulation * plan.accumulation}
 
 
+# int8_base=auto keeps int8 when the first training batch's loss moves by at most this share. It is there to catch
+# a model whose activations int8 cannot hold (outlier channels: errors of 10% and more), not to split hairs: on
+# SmolLM2, batches of 8 packed rows moved by +0.0% to +1.5% (six batches), and the trained model's held-out loss
+# ended within 0.2% of a run in the plain weights.
+INT8_LOSS_TOLERANCE = 0.02
+
+
+def wants_int8_base(cfg: ChatConfig, model) -> bool:
+    """int8_base=true: where torch has an exact int8 matmul for this device (CPUs), else one error line; auto:
+    LoRA on such a CPU (the loss check follows in `settle_int8_base`)."""
+    if cfg.int8_base is True and not int8_base_supported(model.device):
+        raise InputError(f"int8_base: the frozen base is read in int8 on CPUs only, not on {model.device}; set "
+                         "int8_base=false or auto (on a GPU, bf16 does the same job)")
+    return cfg.int8_base is True or (cfg.int8_base == "auto" and cfg.method == "lora"
+                                     and int8_base_supported(model.device))
+
+
+def settle_int8_base(cfg: ChatConfig, fused, model, batch: dict, bf16: bool, console) -> dict | None:
+    """Compare the first training batch's loss with the int8 base and with the plain weights; under auto, drop
+    int8 when they differ by more than INT8_LOSS_TOLERANCE. Returns what was seen, for metrics.json."""
+    if not fused.int8:
+        return None
+
+    def loss_of():
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return target_only_loss(model, batch) if supports_target_only_loss(model) else model(**batch).loss
+
+    model.train()
+    int8, plain = fused.compare_int8(loss_of)
+    trim_heap()  # the two forward passes' freed buffers: not a part of training's peak
+    change = int8 / plain - 1.0
+    kept = cfg.int8_base is True or abs(change) <= INT8_LOSS_TOLERANCE
+    if not kept:
+        fused.drop_int8()
+    if is_main_process():
+        why = "" if kept else f"; auto allows {INT8_LOSS_TOLERANCE:.0%}"
+        console.print(f"int8 base: {'on' if kept else 'off'} (the first training batch's loss {int8:.4f} in int8 vs "
+                      f"{plain:.4f} plain, {change:+.2%}{why})")
+    return {"used": kept, "probe_loss_int8": round(int8, 4), "probe_loss_plain": round(plain, 4)}
+
+
 def make_trainer(cfg: ChatConfig, run: Path, model, tokenizer, train_examples, eval_examples, bf16: bool, console, *,
                  callbacks=(), run_name: str | None = None):
     # Without a KV cache transformers derives the block-causal mask of packed rows from their position ids (the
@@ -164,10 +209,14 @@ def make_trainer(cfg: ChatConfig, run: Path, model, tokenizer, train_examples, e
             raise InputError(f"compile: supported for {', '.join(sorted(PLAIN_HEAD_MODEL_TYPES))} models, "
                              f"not {model.config.model_type}; set compile=false")
         compile_decoder_layers(model)
+    fused = fuse_lora(model, int8_base=wants_int8_base(cfg, model))
     micro_batch = fit_memory(cfg, model, console)
-    return build_trainer(
+    probe = collator(train_examples[:cfg.batch_size])  # forward only, without grad: a full batch, ~2 s
+    int8_base = settle_int8_base(cfg, fused, model, {k: v.to(model.device) for k, v in probe.items()}, bf16, console)
+    trainer = build_trainer(
         cfg, run, model, tokenizer, train_examples, eval_examples, collator, RichProgress(console),
-        trainer_class=FastTrainer if supports_target_only_loss(model) else None, callbacks=callbacks,
+        trainer_class=FastTrainer if supports_target_only_loss(model) else None,
+        callbacks=[*callbacks, AtTrainEnd(fused.remove)],
         run_name=run_name,
         # packed rows are all ~max_length; unpacked, similar lengths together means less padding
         train_sampling_strategy="random" if cfg.packing else "group_by_length",
@@ -175,4 +224,6 @@ def make_trainer(cfg: ChatConfig, run: Path, model, tokenizer, train_examples, e
         remove_unused_columns=False,  # the collators need every column (position_ids of packed rows)
         **micro_batch,
     )
+    trainer.int8_base = int8_base
+    return trainer
 
