@@ -301,6 +301,9 @@ def main() -> None:
                              "with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 it stands in for an AVX2 CPU")
     parser.add_argument("--ablate", action="store_true",
                         help="instead: chattune LoRA with each speed trick turned off in turn (what each contributes)")
+    parser.add_argument("--ablations", nargs="+", choices=list(ABLATIONS) + list(BF16_ABLATION), metavar="NAME",
+                        help="with --ablate: only these rows, e.g. 'peft LoRA layers' 'plain base (no int8)' "
+                             "(quoted; 'all tricks' always runs)")
     args = parser.parse_args()
     if args.warmup < 1:  # the first timed step is measured from the end of the one before it
         parser.error("--warmup must be at least 1")
@@ -360,7 +363,8 @@ def row_line(row: dict) -> str:
 
 def ablate(args, peaks: dict, shape: dict, native_bf16: bool) -> None:
     changes = {**ABLATIONS, **(BF16_ABLATION if native_bf16 else {})}
-    rows = {name: in_subprocess(run_chattune, args, "lora", name) for name in changes}
+    names = ["all tricks", *(name for name in args.ablations or changes if name != "all tricks")]
+    rows = {name: in_subprocess(run_chattune, args, "lora", name) for name in names}
     full = rows["all tricks"]["real_tokens_per_s"]
     print(f"\n{'chattune LoRA':20}{'precision':>10}{'real tok/s':>11}{'MFU':>7}{'peak RSS MB':>12}{'eval loss':>10}"
           f"{'all tricks / this':>19}")

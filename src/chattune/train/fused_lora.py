@@ -15,11 +15,12 @@ token per layer).
 
 `int8_base` (CPU only): the frozen W is quantized once to 7-bit integers with one scale per output row (see
 WEIGHT_MAX), and each call quantizes its input to int8 with one scale per token, so `x W^T` is an int8 x int8
-matmul (`torch._int_mm`: VNNI where the CPU has it, AVX2 otherwise). The backward's `dy W` reads the same int8 copy, transposed, with W's row scales
-folded into dy first. The adapter A, B, their gradients and everything else stay in fp32 (or the autocast dtype).
-This is QLoRA's bargain (a quantized frozen base under a full-precision adapter) spent on speed rather than
-memory: the int8 copy adds 1 byte per base weight. Evaluation is never quantized: the int8 path runs only while
-the layer is in training mode, so eval losses and every reported figure come from the plain weights.
+matmul (`torch._int_mm`: VNNI where the CPU has it, AVX2 otherwise). The backward's `dy W` reads the same int8
+copy, transposed, with W's row scales folded into dy first. The adapter A, B, their gradients and everything else
+stay in fp32 (or the autocast dtype). This is QLoRA's bargain (a quantized frozen base under a full-precision
+adapter) spent on speed rather than memory: the int8 copy adds 1 byte per base weight. Evaluation is never
+quantized: the int8 path runs only while the layer is in training mode, so eval losses and every reported figure
+come from the plain weights.
 
 Only plain LoRA on an `nn.Linear` is taken over; DoRA and other variants, merged or multi-adapter layers and
 GPT-2's Conv1D keep peft's forward.
@@ -146,7 +147,8 @@ def _fused_forward(layer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     if not torch.is_autocast_enabled(device):
         return _LoRALinear.apply(x, weight, bias, lora_a, lora_b, scaling, int8, quantized, dropout_p)
     dtype = torch.get_autocast_dtype(device)  # autocast does not reach into a Function: cast as it would
-    weight = weight if int8 is not None else _frozen_cast(layer, weight, dtype)
+    if int8 is None:  # training steps cast the frozen weight once; evaluation casts per call, as autocast does
+        weight = _frozen_cast(layer, weight, dtype) if layer.training else weight.to(dtype)
     with torch.autocast(device, enabled=False):
         return _LoRALinear.apply(x.to(dtype), weight, None if bias is None else bias.to(dtype),
                                  lora_a.to(dtype), lora_b.to(dtype), scaling, int8, quantized, dropout_p)

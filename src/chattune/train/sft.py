@@ -96,7 +96,6 @@ def train(cfg: ChatConfig, run: Path, *, resume: bool = False, overwrite: bool =
     tuned_rows = score(model, tokenizer, eval_examples, cfg)
     save_model(cfg, folder, model, tokenizer, merge)
     tuned = summarize_likelihoods(tuned_rows)
-    fit = read_log_fit(folder.metrics_log_path)  # the curves in words, with their numbers (`chattune train` says it)
     atomic_write_json(folder.metrics_path, {
         "base": base,
         "tuned": tuned,
@@ -108,7 +107,7 @@ def train(cfg: ChatConfig, run: Path, *, resume: bool = False, overwrite: bool =
         "peak_rss_mb": round(peak_rss_mb()),  # training and both scorings, before the reply evaluation
         "memory": cfg.memory,
         "int8_base": trainer.int8_base,  # null where not tried (full fine-tuning, GPU, int8_base=false)
-        "fit": fit,
+        "fit": read_log_fit(folder.metrics_log_path),  # the curves in words, with their numbers
     })
     return HeldOut(eval_set, {"base": base_rows, "tuned": tuned_rows})
 
@@ -216,7 +215,7 @@ def make_trainer(cfg: ChatConfig, run: Path, model, tokenizer, train_examples, e
     trainer = build_trainer(
         cfg, run, model, tokenizer, train_examples, eval_examples, collator, RichProgress(console),
         trainer_class=FastTrainer if supports_target_only_loss(model) else None,
-        callbacks=[*callbacks, AtTrainEnd(fused.remove)],
+        callbacks=[*callbacks, AtTrainEnd(lambda: (fused.remove(), trim_heap()))],
         run_name=run_name,
         # packed rows are all ~max_length; unpacked, similar lengths together means less padding
         train_sampling_strategy="random" if cfg.packing else "group_by_length",
