@@ -177,9 +177,10 @@ class ChatConfig(TrainConfig):
     packing: bool = True  # pack conversations into max_length rows without cross-attention: no compute on padding
     precision: str = "auto"  # "auto": bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32
     # LoRA on a CPU: training steps read the frozen base weights in int8 (7-bit weights with a scale per row, int8
-    # inputs with a scale per token; train/fused_lora.py), ~1.35-1.5x faster steps (README Speed). "auto" turns it
-    # on for LoRA on a CPU when the first training batch's loss with it is within 2% of the plain weights' (the line
-    # before training says); true insists; false never. Evaluation and the saved run always use the plain weights.
+    # inputs with a scale per token; train/fused_lora.py): fp32 steps 1.35x (AVX2) to 1.6x (VNNI) faster, bf16 ones
+    # 1.1x (README Speed). "auto" turns it on for LoRA on a CPU when the first training batch's loss with it is
+    # within 2% of the plain weights' (the line before training says); true insists; false never. Evaluation and
+    # the saved run always use the plain weights.
     int8_base: bool | str = "auto"
     compile: bool = False  # torch.compile the decoder layers: ~1 min up front, then faster steps (see README Speed)
     # Activations of a training step (train/memory.py): "fast" keeps them all (~6.4 GB peak for a LoRA step of

@@ -162,8 +162,9 @@ def wants_int8_base(cfg: ChatConfig, model) -> bool:
     """int8_base=true: where torch has an exact int8 matmul for this device (CPUs), else one error line; auto:
     LoRA on such a CPU (the loss check follows in `settle_int8_base`)."""
     if cfg.int8_base is True and not int8_base_supported(model.device):
-        raise InputError(f"int8_base: the frozen base is read in int8 on CPUs only, not on {model.device}; set "
-                         "int8_base=false or auto (on a GPU, bf16 does the same job)")
+        raise InputError(f"int8_base: the frozen base is read in int8 on CPUs only, where torch's int8 matmul "
+                         f"gives exact sums; not on {model.device} here. Set int8_base=false or auto (on a GPU, "
+                         "bf16 does the same job)")
     return cfg.int8_base is True or (cfg.int8_base == "auto" and cfg.method == "lora"
                                      and int8_base_supported(model.device))
 
