@@ -1,6 +1,6 @@
 """LoRA linears computed as one autograd node, optionally with the frozen base weight read in int8 on the CPU.
 
-    handle = fuse_lora(model, int8_base=True)   # before training; returns how many layers it took over
+    handle = fuse_lora(model, int8_base=True)   # before training; handle.layers are the layers it took over
     ...train...
     handle.remove()                              # back to peft's own forward, int8 copies freed
 
@@ -182,12 +182,13 @@ class FusedLoRA:
 
     layers: list = field(default_factory=list)
     int8: bool = False
+    inputs: _InputCache = field(default_factory=_InputCache)  # shared by the layers: consecutive ones share inputs
 
     def drop_int8(self) -> None:
         """Keep the fused layers, with their base in the plain weights."""
         for layer in self.layers:
             layer._chattune_int8 = None
-            layer._chattune_inputs.clear()
+        self.inputs.clear()
         self.int8 = False
 
     def compare_int8(self, loss_of) -> tuple[float, float]:
@@ -202,7 +203,7 @@ class FusedLoRA:
                 losses.append(float(loss_of()))
         for layer, weight in zip(self.layers, int8):
             layer._chattune_int8 = weight
-        self.layers[0]._chattune_inputs.clear()
+        self.inputs.clear()
         return losses[0], losses[1]
 
     def remove(self) -> None:
@@ -210,6 +211,7 @@ class FusedLoRA:
             for attribute in ("forward", "_chattune_int8", "_chattune_inputs", "_chattune_cast"):
                 layer.__dict__.pop(attribute, None)
         self.layers = []
+        self.inputs.clear()
 
 
 @functools.cache
@@ -233,13 +235,12 @@ def fuse_lora(model: torch.nn.Module, int8_base: bool = False) -> FusedLoRA:
     """Take over every plain LoRA linear of `model` (see the module docstring); `int8_base` quantizes their frozen
     base weights for the training forward and backward."""
     handle = FusedLoRA(int8=int8_base)
-    inputs = _InputCache()  # one per model: consecutive layers share it
     for module in model.modules():
         if not _fusable(module):
             continue
         module.forward = types.MethodType(_fused_forward, module)
         module._chattune_int8 = Int8Weight.of(module.base_layer.weight) if int8_base else None
-        module._chattune_inputs = inputs
+        module._chattune_inputs = handle.inputs
         handle.layers.append(module)
     handle.int8 = int8_base and bool(handle.layers)  # GPT-2's Conv1D layers: nothing to read in int8
     return handle

@@ -169,11 +169,9 @@ def wants_int8_base(cfg: ChatConfig, model) -> bool:
                                      and int8_base_supported(model.device))
 
 
-def settle_int8_base(cfg: ChatConfig, fused, model, batch: dict, bf16: bool, console) -> dict | None:
+def settle_int8_base(cfg: ChatConfig, fused, model, batch: dict, bf16: bool, console) -> dict:
     """Compare the first training batch's loss with the int8 base and with the plain weights; under auto, drop
     int8 when they differ by more than INT8_LOSS_TOLERANCE. Returns what was seen, for metrics.json."""
-    if not fused.int8:
-        return None
 
     def loss_of():
         with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -211,12 +209,19 @@ def make_trainer(cfg: ChatConfig, run: Path, model, tokenizer, train_examples, e
         compile_decoder_layers(model)
     fused = fuse_lora(model, int8_base=wants_int8_base(cfg, model))
     micro_batch = fit_memory(cfg, model, console)
-    probe = collator(train_examples[:cfg.batch_size])  # forward only, without grad: a full batch, ~2 s
-    int8_base = settle_int8_base(cfg, fused, model, {k: v.to(model.device) for k, v in probe.items()}, bf16, console)
+    int8_base = None  # not tried: full fine-tuning, a GPU, int8_base=false, no layer to read in int8
+    if fused.int8:  # the first batch, forward only and without grad: ~2 s
+        batch = {key: value.to(model.device) for key, value in collator(train_examples[:cfg.batch_size]).items()}
+        int8_base = settle_int8_base(cfg, fused, model, batch, bf16, console)
+
+    def release():  # the int8 copies and fused layers are for the training steps only
+        fused.remove()
+        trim_heap()
+
     trainer = build_trainer(
         cfg, run, model, tokenizer, train_examples, eval_examples, collator, RichProgress(console),
         trainer_class=FastTrainer if supports_target_only_loss(model) else None,
-        callbacks=[*callbacks, AtTrainEnd(lambda: (fused.remove(), trim_heap()))],
+        callbacks=[*callbacks, AtTrainEnd(release)],
         run_name=run_name,
         # packed rows are all ~max_length; unpacked, similar lengths together means less padding
         train_sampling_strategy="random" if cfg.packing else "group_by_length",
