@@ -396,6 +396,9 @@ def test_sampled_replies_decode_short_contexts_together_and_answer_in_order():
     batches = []
 
     class Backend:
+        def prompt_ids(self, context):  # a token per character
+            return [0] * len(context[-1]["content"])
+
         def replies(self, rows, sampling):
             batches.append([row[-1]["content"] for row in rows])
             return [SimpleNamespace(text=f"{row[-1]['content']}@{sampling.seed + index}") for index, row in
@@ -407,3 +410,28 @@ def test_sampled_replies_decode_short_contexts_together_and_answer_in_order():
     assert [[reply.text.split("@")[0] for reply in group] for group in groups] == [[c[0]["content"]] * 2 for c in
                                                                                   contexts]
     assert len({reply.text for group in groups for reply in group}) == 8  # every row its own seed
+
+
+def test_sampled_replies_keep_each_batch_within_its_kv_budget(monkeypatch):
+    """A long context makes its own smaller batch instead of padding the short ones' KV to its length."""
+    from types import SimpleNamespace
+
+    from chattune.generate import batch as batch_module
+    from chattune.generate.sampling import Sampling
+
+    monkeypatch.setattr(batch_module, "MAX_BATCH_TOKENS", 100)
+    sizes = []
+
+    class Backend:
+        def prompt_ids(self, context):
+            return [0] * len(context[-1]["content"])
+
+        def replies(self, rows, sampling):
+            sizes.append([len(row[-1]["content"]) for row in rows])
+            return [SimpleNamespace(text=row[-1]["content"]) for row in rows]
+
+    contexts = [[{"role": "user", "content": "x" * length}] for length in (40, 5, 5, 5, 5, 15)]
+    groups = batch_module.sampled_replies(Backend(), contexts, 1, Sampling(max_new_tokens=10), batch_rows=8)
+    # rows x (longest prompt + 10 new tokens) <= 100: the four 5s (4 x 15), then 15 and 40 (2 x 50); not 5 rows of 25
+    assert sizes == [[5, 5, 5, 5], [15, 40]]
+    assert [group[0].text for group in groups] == [c[0]["content"] for c in contexts]

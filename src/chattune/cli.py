@@ -546,7 +546,8 @@ def _add_evaluation_parsers(verbs) -> None:
                           help="also score the base model, with deltas and paired bootstrap 95%% intervals")
     evaluate.add_argument("--max-new-tokens", type=int, help="longest generated reply (default: the run's "
                           "eval_max_new_tokens, 64)")
-    evaluate.add_argument("--batch-size", type=int, default=8, help="replies generated together (default 8)")
+    evaluate.add_argument("--batch-size", type=int, default=32,
+                          help="replies generated together, shortest contexts first (default 32)")
     evaluate.add_argument("--repetition-penalty", type=float, help="chat runs: override the run's repetition penalty "
                           "(generation_config.json; 1 is off)")
     evaluate.add_argument("--no-repeat-ngram-size", type=int, metavar="N", help="chat runs: override the run's "

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from chattune.data.conversation import Conversation
+from chattune.generate.batch import sampled_replies
 from chattune.generate.hf import HFBackend
 from chattune.generate.sampling import Sampling
 from chattune.generate.text import Reply
@@ -48,16 +49,15 @@ def reply_pairs(conversations: list[Conversation], seed: int) -> list[ReplyPair]
     return pairs
 
 
-def generate_replies(backend: HFBackend, pairs: list[ReplyPair], sampling: Sampling, *, batch_size: int = 8,
+def generate_replies(backend: HFBackend, pairs: list[ReplyPair], sampling: Sampling, *, batch_size: int = 32,
                      label: str = "generate", console: Console | None = None) -> list[Reply]:
-    """Replies to every pair's context, `batch_size` at a time, in order."""
-    replies: list[Reply] = []
+    """Replies to every pair's context, in the pairs' order, decoded up to `batch_size` at a time, shortest contexts
+    first (generate.batch.sampled_replies). 32 rows, not 8: a decode step reads all the weights whatever the rows,
+    so 96 greedy replies of up to 40 tokens took 33-35 s instead of 66 s (SmolLM2, 2 Zen 4 cores; 16 rows: 55 s)."""
     columns = (TextColumn(f"[bold blue]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console or Console(stderr=True), transient=True) as progress:
         task = progress.add_task(label, total=len(pairs))
-        for first in range(0, len(pairs), batch_size):
-            contexts = [pair.context for pair in pairs[first : first + batch_size]]
-            # the run's chat template and system prompt, as `chattune chat` and `chattune generate` reply
-            replies += backend.replies(contexts, sampling)
-            progress.update(task, advance=len(contexts))
-    return replies
+        # the run's chat template and system prompt, as `chattune chat` and `chattune generate` reply
+        groups = sampled_replies(backend, [pair.context for pair in pairs], 1, sampling, batch_size,
+                                 on_batch=lambda rows: progress.update(task, advance=rows))
+    return [group[0] for group in groups]

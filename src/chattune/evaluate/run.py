@@ -67,7 +67,7 @@ METRICS = (
 
 
 def evaluate_run(run: Run, *, data: str | None = None, split: str = "eval", limit: int | None = None,
-                 compare_base: bool = False, max_new_tokens: int | None = None, batch_size: int = 8,
+                 compare_base: bool = False, max_new_tokens: int | None = None, batch_size: int = 32,
                  held_out=None, console: Console | None = None, loop_guards: dict | None = None) -> dict:
     """Score the run, write RUN/eval.json and RUN/report.html, and return what eval.json holds.
 

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from chattune.errors import InputError
@@ -42,18 +42,38 @@ def reply_to_prompts(name: str, prompts: list[str], sampling: Sampling, batch_si
         yield from zip(chunk, (reply.text for reply in replies))
 
 
-def sampled_replies(backend, contexts: list[list[dict]], k: int, sampling: Sampling, batch_rows: int = 32
-                    ) -> list[list]:
-    """k sampled replies (generate.text.Reply) to each context: every context repeated k times and decoded
-    `batch_rows` rows at a time over one KV cache, shortest contexts first (a batch is padded to its longest
-    prompt, and the prompt's forward pass is most of the cost of a short reply). A seeded `sampling` seeds row r
-    with seed + r (`replies` adds the row within a batch, the batch adds its first row), so the same call draws the
-    same replies."""
-    order = sorted(range(len(contexts)), key=lambda index: sum(len(turn["content"]) for turn in contexts[index]))
-    rows = [contexts[index] for index in order for _ in range(k)]
+# Rows x (longest prompt + max_new_tokens) a batch may hold: its KV cache grows with that product (SmolLM2: ~46 KB per
+# token, ~380 MB here). Shortest prompts go first, so one long context makes its own smaller batch instead of
+# padding 31 short ones to its length (a 457-token context in the demo's eval took a 32-row batch to ~0.7 GB of KV).
+MAX_BATCH_TOKENS = 8192
+
+
+def sampled_replies(backend, contexts: list[list[dict]], k: int, sampling: Sampling, batch_rows: int = 32,
+                    on_batch: Callable[[int], None] | None = None) -> list[list]:
+    """k replies (generate.text.Reply) to each context: every context repeated k times and decoded up to
+    `batch_rows` rows (and MAX_BATCH_TOKENS) at a time over one KV cache, shortest prompts first (a batch is padded
+    to its longest prompt, and the prompt's forward pass is most of the cost of a short reply). A seeded `sampling`
+    seeds row r with seed + r (`replies` adds the row within a batch, the batch adds its first row), so the same call
+    draws the same replies. `on_batch(rows)` after each batch (a progress bar)."""
+    lengths = [len(backend.prompt_ids(context)) for context in contexts]
+    order = sorted(range(len(contexts)), key=lengths.__getitem__)
     replies = []
-    for first in range(0, len(rows), batch_rows):
-        seed = None if sampling.seed is None else sampling.seed + first
-        replies += backend.replies(rows[first : first + batch_rows], dataclasses.replace(sampling, seed=seed))
+    for batch in _batches([index for index in order for _ in range(k)], lengths, batch_rows, sampling.max_new_tokens):
+        seed = None if sampling.seed is None else sampling.seed + len(replies)
+        replies += backend.replies([contexts[index] for index in batch], dataclasses.replace(sampling, seed=seed))
+        if on_batch is not None:
+            on_batch(len(batch))
     groups = dict(zip(order, (replies[first : first + k] for first in range(0, len(replies), k))))
     return [groups[index] for index in range(len(contexts))]
+
+
+def _batches(rows: list[int], lengths: list[int], max_rows: int, max_new_tokens: int) -> Iterator[list[int]]:
+    """`rows` (context indices, shortest first) cut into batches of at most `max_rows` and MAX_BATCH_TOKENS."""
+    batch: list[int] = []
+    for row in rows:  # the row joining is the batch's longest
+        if batch and (len(batch) == max_rows or (len(batch) + 1) * (lengths[row] + max_new_tokens) > MAX_BATCH_TOKENS):
+            yield batch
+            batch = []
+        batch.append(row)
+    if batch:
+        yield batch
