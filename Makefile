@@ -1,4 +1,4 @@
-# make demo   fine-tune the offline default model on real chit-chat and show base vs tuned (~10 min, peak 2.8 GiB on 2 cores)
+# make demo   fine-tune the offline default model on real chit-chat and show base vs tuned (~8-10 min, peak 2.9 GB on 2 cores)
 # make detox  GRPO on the demo run's toxic-prone chit-chat contexts (toxicity + relevance rewards), then the parent vs
 #             aligned table with bootstrap intervals and runs/detox/report.html (12-14 min, peak 3.6-4.2 GiB on 2 cores); builds
 #             runs/demo first when it is missing
