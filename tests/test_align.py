@@ -54,10 +54,11 @@ def test_rewards_rank_fixed_replies():
 
 
 @pytest.mark.parametrize("method", ["grpo", "rloo"])
-def test_rl_continues_the_adapter_and_logs_rewards_and_kl(parent, tmp_path, method):
+def test_rl_continues_the_adapter_and_logs_rewards_and_kl(parent, tmp_path, method, capsys):
     run = tmp_path / method
     assert main(["align", str(parent), "--method", method, "--output", str(run), *FAST,
                  "--set", "rewards={toxicity: 1.0, ending: 0.5, length: 0.2}"]) == 0
+    assert "fused LoRA layers: 14" in capsys.readouterr().err  # the update ran on SFT's fused layers (2 x 7)
     before, after = adapter_weights(parent), adapter_weights(run)
     assert before.keys() == after.keys()  # the same adapter continued (no "ref" copy saved beside it)
     assert any(not torch.equal(before[name], after[name]) for name in before)

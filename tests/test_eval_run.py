@@ -66,6 +66,13 @@ def test_training_writes_eval_with_base_tuned_and_intervals(evaluated_run):
     # the tuned model learned the fixture's replies; the random base model did not
     assert metrics["rougeL"]["tuned"] > metrics["rougeL"]["base"]
     assert len(evaluation["examples"]) == 8 and evaluation["examples"][0]["tuned"]["reply"].startswith("i ")
+    # what the people said, scored as the replies are, where the text alone gives the metric
+    from chattune.evaluate.safety import toxicity
+
+    references = [example["reference"] for example in evaluation["examples"]]
+    assert metrics["toxicity"]["human"] == pytest.approx(sum(toxicity(references)) / len(references))
+    assert metrics["reply_words"]["human"] == pytest.approx(sum(len(r.split()) for r in references) / len(references))
+    assert "human" not in metrics["loss"] and "human" not in metrics["rougeL"]
 
 
 def test_held_out_set_is_the_one_training_used(evaluated_run):
@@ -103,6 +110,7 @@ def test_report_is_self_contained_with_plots_tables_and_examples(evaluated_run):
         assert label in " ".join(page.cells)
     assert "better" in page.cells  # the loss improvement is outside the noise
     html = (evaluated_run / "report.html").read_text()
+    assert "<th>human replies</th>" in html
     assert html.count('class="example"') == 8 and "reference (what was said)" in html
 
 

@@ -174,15 +174,15 @@ def print_evaluation(evaluation: dict, console) -> None:
     if compared:
         title += f", {'zero-shot ' if summaries else ''}base vs tuned, paired bootstrap 95% intervals"
     table = Table(title=title)
+    human = any("human" in row for row in evaluation["metrics"])  # what the people said, where it has the metric
     columns = ("metric", "base", "tuned", "change", "95% interval", "") if compared else ("metric", "tuned")
-    for column in columns:
+    for column in (*columns, *(("human",) if human else ())):
         table.add_column(column, justify="left" if column in ("metric", "") else "right", no_wrap=column != "metric")
     for row in evaluation["metrics"]:
-        if compared:
-            table.add_row(row["label"], number(row["base"]), number(row["tuned"]), number(row["delta"], True),
-                          f"[{number(row['ci'][0], True)}, {number(row['ci'][1], True)}]", verdict(row))
-        else:
-            table.add_row(row["label"], number(row["tuned"]))
+        cells = ([row["label"], number(row["base"]), number(row["tuned"]), number(row["delta"], True),
+                  f"[{number(row['ci'][0], True)}, {number(row['ci'][1], True)}]", verdict(row)] if compared
+                 else [row["label"], number(row["tuned"])])
+        table.add_row(*cells, *((number(row["human"]) if "human" in row else "",) if human else ()))
     console.print(table)
 
 

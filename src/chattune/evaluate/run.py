@@ -108,9 +108,20 @@ def evaluate_run(run: Run, *, data: str | None = None, split: str = "eval", limi
         "examples": _examples(pairs, scored),
         "seconds": round(time.time() - started, 1),
     }
+    _add_human(result["metrics"], pairs, encoder)
     atomic_write_json(run.eval_path, result)
     write_report(run.path)
     return result
+
+
+def _add_human(rows: list[dict], pairs: list[ReplyPair], encoder: SentenceEncoder) -> None:
+    """Each metric of a reply's text alone gets "human": its value for what the person actually said (the
+    references), the level a model tuned on these people's replies moves toward."""
+    items = _text_items([pair.reference for pair in pairs], pairs, encoder)
+    specs = {spec.key: spec for spec in METRICS}
+    for row in rows:
+        if row["key"] in items:
+            row["human"] = specs[row["key"]].aggregate(items[row["key"]])
 
 
 def eval_conversations(cfg: ChatConfig, data: str | None, split: str) -> list[Conversation]:
@@ -149,24 +160,32 @@ def _score_replies(likelihoods: list[dict], replies: list[Reply], pairs: list[Re
                    console: Console, name: str) -> dict:
     """Per-example items of every metric in METRICS, plus the replies themselves."""
     texts, references = [reply.text for reply in replies], [pair.reference for pair in pairs]
-    toxic = toxicity(texts)
-    word_lists = [text_metrics.words(text) for text in texts]
     items = {
         "loss": likelihoods, "perplexity": likelihoods, "token_accuracy": likelihoods,
         "bleu": text_metrics.bleu_stats(texts, references), "chrf": text_metrics.chrf_stats(texts, references),
         **text_metrics.rouge_f1(texts, references),
         "relevance_reference": cosine_similarities(encoder, texts, references),
-        "relevance_context": cosine_similarities(encoder, texts, [pair.context[-1]["content"] for pair in pairs]),
-        "toxicity": toxic, "toxic_rate": [float(p > TOXIC_THRESHOLD) for p in toxic],
-        "ended": [float(reply.ended) for reply in replies], "loop_rate": [float(text_metrics.loops(t)) for t in texts],
-        "reply_words": [float(len(w)) for w in word_lists],
-        "distinct_1": word_lists, "distinct_2": word_lists,
+        "ended": [float(reply.ended) for reply in replies],
+        **_text_items(texts, pairs, encoder),
     }
     summary = {spec.key: spec.aggregate(items[spec.key]) for spec in METRICS}
     console.print(f"eval {name}: loss {summary['loss']:.4f}  BLEU {summary['bleu']:.2f}  "
                   f"ROUGE-L {summary['rougeL']:.3f}  relevance {summary['relevance_reference']:.3f}  "
                   f"ended {summary['ended']:.0%}  loops {summary['loop_rate']:.0%}")
     return {"items": items, "replies": replies}
+
+
+def _text_items(texts: list[str], pairs: list[ReplyPair], encoder: SentenceEncoder) -> dict:
+    """Per-reply items of the metrics a reply's text alone gives (no reference needed): a model's replies and the
+    people's own have them both."""
+    toxic = toxicity(texts)
+    word_lists = [text_metrics.words(text) for text in texts]
+    return {
+        "relevance_context": cosine_similarities(encoder, texts, [pair.context[-1]["content"] for pair in pairs]),
+        "toxicity": toxic, "toxic_rate": [float(p > TOXIC_THRESHOLD) for p in toxic],
+        "loop_rate": [float(text_metrics.loops(t)) for t in texts], "reply_words": [float(len(w)) for w in word_lists],
+        "distinct_1": word_lists, "distinct_2": word_lists,
+    }
 
 
 def _examples(pairs: list[ReplyPair], scored: dict) -> list[dict]:

@@ -42,12 +42,13 @@ from chattune.generate.sampling import Sampling
 from chattune.models import load_model, load_tokenizer
 from chattune.precision import use_bf16
 from chattune.runs import Run
-from chattune.train.callbacks import RichProgress
+from chattune.train.callbacks import AtTrainEnd, RichProgress
 from chattune.train.common import (cleanup_on_failure, device_arguments, prepare_run_folder, save_weights,
                                    seed_everything, shared_callbacks, training_arguments)
 from chattune.train.rewards import load_rewards
 from chattune.train.rollouts import merged_rollouts
-from chattune.train.sft import fit_memory
+from chattune.train.fused_lora import fuse_lora
+from chattune.train.sft import fit_memory, wants_int8_base
 
 FILTER_SEED_OFFSET = 1_000  # the toxic-prone filter samples with seed + this: the evaluation's samples are fresh ones
 
@@ -88,6 +89,7 @@ def align(cfg: AlignConfig, run: Path, *, overwrite: bool = False, console: Cons
             dataset = prompt_dataset(contexts[: cfg.train_prompts], report)
         atomic_write_json(folder.data_report_path, report)
         trainer = make_trainer(cfg, run, model, tokenizer, dataset, console)
+        fuse_policy(cfg, parent, trainer, console)
         trainer.train()
     save_policy(cfg, folder, trainer.model, tokenizer)
     atomic_write_json(folder.metrics_path, {
@@ -226,6 +228,21 @@ def make_trainer(cfg: AlignConfig, run: Path, model, tokenizer, dataset, console
                                 train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # RichProgress prints instead of raw log dicts
     return trainer
+
+
+def fuse_policy(cfg: AlignConfig, parent: Run, trainer, console: Console) -> None:
+    """A LoRA policy's layers fused as SFT's are (train/fused_lora.py: the update's forward and backward were ~80% of
+    a GRPO step), for the training steps only. Its frozen base is read in int8 where the parent's own check kept it
+    (`int8_base: auto`: the same base weights, probed on the parent's first training batch) or `int8_base: true`.
+    Rollouts decode with the adapter merged and in eval mode, where the layers take peft's own path."""
+    if cfg.method != "lora":
+        return
+    probed = (parent.read_json(parent.metrics_path).get("int8_base") or {}) if parent.metrics_path.is_file() else {}
+    int8 = wants_int8_base(cfg, trainer.model) and (cfg.int8_base is True or bool(probed.get("used")))
+    fused = fuse_lora(trainer.model, int8_base=int8)
+    trainer.add_callback(AtTrainEnd(fused.remove))
+    console.print(f"fused LoRA layers: {len(fused.layers)}, frozen base in {'int8' if fused.int8 else 'float'}"
+                  + ("" if int8 or cfg.int8_base is False else " (the parent did not train with it)"))
 
 
 def save_policy(cfg: AlignConfig, folder: Run, model, tokenizer) -> None:
