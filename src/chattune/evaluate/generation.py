@@ -53,7 +53,7 @@ def generate_replies(backend: HFBackend, pairs: list[ReplyPair], sampling: Sampl
                      label: str = "generate", console: Console | None = None) -> list[Reply]:
     """Replies to every pair's context, in the pairs' order, decoded up to `batch_size` at a time, shortest contexts
     first (generate.batch.sampled_replies). 32 rows, not 8: a decode step reads all the weights whatever the rows,
-    so 96 greedy replies of up to 40 tokens took 33-35 s instead of 66 s (SmolLM2, 2 Zen 4 cores; 16 rows: 55 s)."""
+    so 96 greedy replies of up to 40 tokens took 37-39 s instead of 56-66 s (SmolLM2, 2 Zen 4 cores)."""
     columns = (TextColumn(f"[bold blue]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console or Console(stderr=True), transient=True) as progress:
         task = progress.add_task(label, total=len(pairs))

@@ -238,11 +238,12 @@ def fuse_policy(cfg: AlignConfig, parent: Run, trainer, console: Console) -> Non
     if cfg.method != "lora":
         return
     probed = (parent.read_json(parent.metrics_path).get("int8_base") or {}) if parent.metrics_path.is_file() else {}
-    int8 = wants_int8_base(cfg, trainer.model) and (cfg.int8_base is True or bool(probed.get("used")))
+    supported = wants_int8_base(cfg, trainer.model)  # int8_base=true where it cannot run: one error line
+    int8 = supported and (cfg.int8_base is True or bool(probed.get("used")))
     fused = fuse_lora(trainer.model, int8_base=int8)
     trainer.add_callback(AtTrainEnd(fused.remove))
     console.print(f"fused LoRA layers: {len(fused.layers)}, frozen base in {'int8' if fused.int8 else 'float'}"
-                  + ("" if int8 or cfg.int8_base is False else " (the parent did not train with it)"))
+                  + (" (the parent's own int8 check did not keep it)" if supported and not int8 else ""))
 
 
 def save_policy(cfg: AlignConfig, folder: Run, model, tokenizer) -> None:
