@@ -42,7 +42,7 @@ from chattune.generate.sampling import Sampling
 from chattune.models import load_model, load_tokenizer
 from chattune.precision import use_bf16
 from chattune.runs import Run
-from chattune.train.callbacks import AtTrainEnd, RichProgress
+from chattune.train.callbacks import ReleaseFusedLoRA, RichProgress
 from chattune.train.common import (cleanup_on_failure, device_arguments, prepare_run_folder, save_weights,
                                    seed_everything, shared_callbacks, training_arguments)
 from chattune.train.rewards import load_rewards
@@ -237,11 +237,11 @@ def fuse_policy(cfg: AlignConfig, parent: Run, trainer, console: Console) -> Non
     Rollouts decode with the adapter merged and in eval mode, where the layers take peft's own path."""
     if cfg.method != "lora":
         return
-    probed = (parent.read_json(parent.metrics_path).get("int8_base") or {}) if parent.metrics_path.is_file() else {}
+    probed = (parent.metrics().get("int8_base") or {}) if parent.metrics_path.is_file() else {}
     supported = wants_int8_base(cfg, trainer.model)  # int8_base=true where it cannot run: one error line
     int8 = supported and (cfg.int8_base is True or bool(probed.get("used")))
     fused = fuse_lora(trainer.model, int8_base=int8)
-    trainer.add_callback(AtTrainEnd(fused.remove))
+    trainer.add_callback(ReleaseFusedLoRA(fused))
     console.print(f"fused LoRA layers: {len(fused.layers)}, frozen base in {'int8' if fused.int8 else 'float'}"
                   + (" (the parent's own int8 check did not keep it)" if supported and not int8 else ""))
 

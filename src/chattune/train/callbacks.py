@@ -32,14 +32,16 @@ class TrimHeap(TrainerCallback):
         trim_heap()
 
 
-class AtTrainEnd(TrainerCallback):
-    """Calls `action()` once training ends (e.g. a FusedLoRA's `remove`: the int8 copies are for training only)."""
+class ReleaseFusedLoRA(TrainerCallback):
+    """Once training ends, gives a FusedLoRA's layers back to peft and frees its int8 copies (they are for the
+    training steps only), then returns the freed heap pages to the OS. SFT and align both train on fused layers."""
 
-    def __init__(self, action):
-        self.action = action
+    def __init__(self, fused):
+        self.fused = fused
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.action()
+        self.fused.remove()
+        trim_heap()
 
 
 class RichProgress(TrainerCallback):

@@ -29,7 +29,7 @@ from chattune.files import atomic_write_json
 from chattune.models import load_model, load_tokenizer
 from chattune.precision import use_bf16
 from chattune.runs import Run
-from chattune.train.callbacks import AtTrainEnd, RichProgress
+from chattune.train.callbacks import ReleaseFusedLoRA, RichProgress
 from chattune.train.common import (add_lora, build_trainer, cleanup_on_failure, global_batch, prepare_run_folder,
                                    save_model, seed_everything, train_or_finish)
 from chattune.train.distributed import enable_fsdp_on_cpu, is_main_process, process_state, trained_model
@@ -214,14 +214,10 @@ def make_trainer(cfg: ChatConfig, run: Path, model, tokenizer, train_examples, e
         batch = {key: value.to(model.device) for key, value in collator(train_examples[:cfg.batch_size]).items()}
         int8_base = settle_int8_base(cfg, fused, model, batch, bf16, console)
 
-    def release():  # the int8 copies and fused layers are for the training steps only
-        fused.remove()
-        trim_heap()
-
     trainer = build_trainer(
         cfg, run, model, tokenizer, train_examples, eval_examples, collator, RichProgress(console),
         trainer_class=FastTrainer if supports_target_only_loss(model) else None,
-        callbacks=[*callbacks, AtTrainEnd(release)],
+        callbacks=[*callbacks, ReleaseFusedLoRA(fused)],
         run_name=run_name,
         # packed rows are all ~max_length; unpacked, similar lengths together means less padding
         train_sampling_strategy="random" if cfg.packing else "group_by_length",
