@@ -304,7 +304,9 @@ class AlignConfig(ChatConfig):
     train_prompts: int | None = None  # train on at most N contexts (after the toxic-prone filter); null: all
     num_generations: int = 4  # completions per prompt (k); GRPO/RLOO score each against the others of its prompt
     max_new_tokens: int = 32  # longest completion; chit-chat replies end within ~25 tokens, and decoding is the cost
-    temperature: float = 1.0  # sampling temperature of the completions (1.0: the policy's own distribution)
+    # sampling temperature of the completions (1.0: the policy's own distribution; a small model then samples a tail
+    # that chat never says: configs/detox.yaml uses 0.7, as chat and the evaluation sample)
+    temperature: float = 1.0
     # GRPO/RLOO: each context is cut to its latest whole exchanges that fit this many tokens. The loss runs forward
     # and backward over prompt and completion, so the prompt is most of a step's cost. null: max_length -
     # max_new_tokens (the parent trained on rows of max_length tokens)
