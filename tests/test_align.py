@@ -147,6 +147,25 @@ def test_a_reward_for_a_word_makes_the_policy_say_it_more(parent, tmp_path, monk
     assert after["you"] > 1.3 * before["you"] and after["you"] > 1.3 * after["pizza"], (before, after)
 
 
+def test_a_reseeded_alignment_holds_out_the_parents_conversations(parent):
+    """`--set seed=N` reseeds the alignment, not the split: the held-out side is the parent's own, whatever the seed
+    (with the align seed, a different 20% of the conversations were scored as held out)."""
+    from chattune.config import align_config
+    from chattune.data.load import load_chat_split
+    from chattune.runs import Run
+    from chattune.train.align import parent_split
+
+    run = Run.open(parent)
+    _, parent_held_out, _ = load_chat_split(run.config)
+    for seed in (run.config.seed, run.config.seed + 1):
+        cfg = align_config(run.config.to_dict(), str(parent), None, [f"seed={seed}"])
+        assert cfg.seed == seed
+        _, held_out, _ = parent_split(cfg, run)
+        assert held_out == parent_held_out
+    reseeded = align_config(run.config.to_dict(), str(parent), None, [f"seed={run.config.seed + 1}"])
+    assert load_chat_split(reseeded)[1] != parent_held_out  # the bug it guards: the align seed's own split
+
+
 def _feedback_store(path) -> None:
     """Replies with thumbs and an edit, stored through the server's own store."""
     from chattune.serve.store import Store, StoredReply
