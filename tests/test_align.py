@@ -148,22 +148,22 @@ def test_a_reward_for_a_word_makes_the_policy_say_it_more(parent, tmp_path, monk
 
 
 def test_a_reseeded_alignment_holds_out_the_parents_conversations(parent):
-    """`--set seed=N` reseeds the alignment, not the split: the held-out side is the parent's own, whatever the seed
-    (with the align seed, a different 20% of the conversations were scored as held out)."""
-    from chattune.config import align_config
+    """`--set seed=N` reseeds the alignment, not the split: an align run takes its parent's split seed, so its
+    held-out side (the alignment's evaluation, `chattune eval`, export checks) is the parent's, whatever the seed.
+    Before split_seed, the align seed re-drew the split and parent training conversations were scored as held out."""
+    from chattune.config import align_config, load_config
     from chattune.data.load import load_chat_split
     from chattune.runs import Run
-    from chattune.train.align import parent_split
 
     run = Run.open(parent)
     _, parent_held_out, _ = load_chat_split(run.config)
     for seed in (run.config.seed, run.config.seed + 1):
         cfg = align_config(run.config.to_dict(), str(parent), None, [f"seed={seed}"])
-        assert cfg.seed == seed
-        _, held_out, _ = parent_split(cfg, run)
-        assert held_out == parent_held_out
-    reseeded = align_config(run.config.to_dict(), str(parent), None, [f"seed={run.config.seed + 1}"])
-    assert load_chat_split(reseeded)[1] != parent_held_out  # the bug it guards: the align seed's own split
+        assert (cfg.seed, cfg.split_seed) == (seed, run.config.seed)
+        assert load_chat_split(cfg)[1] == parent_held_out
+    chat = load_config(None, [f"seed={run.config.seed + 1}"])  # a chat run with only seed changed re-draws it
+    assert chat.data_split_seed == run.config.seed + 1
+    assert load_config(None, ["seed=7", f"split_seed={run.config.seed}"]).data_split_seed == run.config.seed
 
 
 def _feedback_store(path) -> None:

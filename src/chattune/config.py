@@ -83,6 +83,9 @@ class TrainConfig:
     weight_decay: float = 0.0  # LoRA adapters rarely need it; set ~0.01 for full fine-tuning
     max_grad_norm: float = 1.0  # clip gradients at this norm; 0 disables clipping
     seed: int = 42  # data split, initialisation of adapters, and sampling
+    # the train/held-out split's own seed; null: seed. Set it to vary seed over runs on one held-out set (an align run
+    # takes its parent's, so `--set seed=N` reseeds the alignment, not which conversations are held out)
+    split_seed: int | None = None
     # --- evaluation and checkpoints ---
     eval_steps: int = 50  # evaluate (and checkpoint) every N steps
     early_stopping_patience: int = 3  # stop after N evaluations without a better eval metric; 0 disables
@@ -129,6 +132,8 @@ class TrainConfig:
         _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
         _check(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, "a number >= 0 (0 disables clipping)")
         _check(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
+        _check(self.split_seed is None or 0 <= self.split_seed <= MAX_SEED, "split_seed", self.split_seed,
+               f"an integer in [0, {MAX_SEED}], or null for seed")
 
     def _check_schedule(self) -> None:
         _check(self.eval_steps > 0, "eval_steps", self.eval_steps, "a positive integer")
@@ -147,6 +152,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def data_split_seed(self) -> int:
+        """The seed of the train/held-out split: split_seed, or seed."""
+        return self.seed if self.split_seed is None else self.split_seed
 
 
 @dataclass
@@ -378,7 +388,7 @@ class AlignConfig(ChatConfig):
 ALIGN_INHERITS = ("data", "eval_data", "eval_fraction", "limit", "eval_limit", "model", "method", "lora", "max_length",
                   "prompt_column", "response_column", "first_speaker", "consecutive_messages", "system_prompt",
                   "max_reply_toxicity",
-                  "loss_on", "precision", "seed",
+                  "loss_on", "precision", "seed", "split_seed",
                   "eval_max_new_tokens")
 
 
@@ -386,6 +396,8 @@ def align_config(parent_values: dict[str, Any], parent: str, path: str | Path | 
                  overrides: list[str] = ()) -> AlignConfig:
     """The config of an align run: the parent run's ALIGN_INHERITS values, then the YAML file, then `--set`."""
     values = {key: parent_values[key] for key in ALIGN_INHERITS if key in parent_values}
+    if values.get("split_seed") is None and "seed" in values:
+        values["split_seed"] = values["seed"]  # the parent's held-out side, whatever seed the alignment runs with
     values.update(read_yaml(Path(path)) if path is not None else {})
     for assignment in overrides:
         apply_override(values, assignment)

@@ -76,7 +76,7 @@ def load_labelled_split(cfg) -> tuple[list[Row], list[Row], dict]:
         train = rows
         evaluation, eval_report = read_labelled(cfg.eval_data, cfg.text_column, cfg.label_column)
     else:
-        train, evaluation = split_by_label(rows, cfg.eval_fraction, cfg.seed, source=cfg.data)
+        train, evaluation = split_by_label(rows, cfg.eval_fraction, cfg.data_split_seed, source=cfg.data)
     evaluation = evaluation[: cfg.eval_limit]
     report = {"data": data_report.to_dict(), "eval_data": eval_report.to_dict() if eval_report else None,
               "train_texts": len(train), "eval_texts": len(evaluation)}

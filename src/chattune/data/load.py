@@ -145,7 +145,7 @@ def load_chat_split(cfg) -> tuple[list[Conversation], list[Conversation], dict]:
     conversations, data_report = load_conversations(cfg.data, limit=cfg.limit, **options)
     eval_report = None
     if cfg.eval_data is None:
-        train, evaluation = split_conversations(conversations, cfg.eval_fraction, cfg.seed, source=cfg.data)
+        train, evaluation = split_conversations(conversations, cfg.eval_fraction, cfg.data_split_seed, source=cfg.data)
     else:
         train = conversations
         evaluation, eval_report = load_conversations(cfg.eval_data, **options)

@@ -88,7 +88,7 @@ def _data_section(run: Run) -> str:
     ]
     if report["eval_data"]:
         lines.append(f"- Held-out conversations from `{report['eval_data']['source']}`.")
-    split = f"a seeded split by conversation (eval_fraction {cfg.eval_fraction}, seed {cfg.seed})" \
+    split = f"a seeded split by conversation (eval_fraction {cfg.eval_fraction}, seed {cfg.data_split_seed})" \
         if not report["eval_data"] else "the separate held-out file"
     lines.append(f"- Split: {report['train_conversations']:,} train / {report['eval_conversations']:,} held-out "
                  f"conversations, {split}; no conversation is on both sides.")
