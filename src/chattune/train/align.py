@@ -21,7 +21,7 @@ that must be, where TRL's default checkpoints every layer). benchmarks/align_thr
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -72,7 +72,7 @@ def align(cfg: AlignConfig, run: Path, *, overwrite: bool = False, console: Cons
     with cleanup_on_failure(run, fresh=True):
         save_config(cfg, folder.config_path)
         seed_everything(cfg.seed)
-        train_set, eval_set, data_report = parent_split(cfg, parent)
+        train_set, eval_set, data_report = load_chat_split(cfg)  # the parent's data, fraction and split seed
         model, tokenizer = load_policy(parent, cfg)
         model.to("cuda" if torch.cuda.is_available() else "cpu")
         held_out = [pair.context for pair in reply_pairs(eval_set, cfg.seed)]
@@ -100,13 +100,6 @@ def align(cfg: AlignConfig, run: Path, *, overwrite: bool = False, console: Cons
         "train_seconds": round(time.time() - started, 1),
     })
     return Aligned(held_out[: cfg.eval_prompts], eval_set, report.get("toxic_prone", {}))
-
-
-def parent_split(cfg: AlignConfig, parent: Run):
-    """(train, held-out, data report) as the parent split them: its data, fraction and seed. `--set seed=N` reseeds
-    the alignment (rollouts, the filter's and the evaluation's draws), never which conversations are held out: with
-    the align seed, some of the parent's training conversations were scored as held-out ones."""
-    return load_chat_split(replace(cfg, seed=parent.config.seed))
 
 
 def load_policy(parent: Run, cfg: AlignConfig):
