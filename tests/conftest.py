@@ -4,13 +4,16 @@ ChatML template like SmolLM2's."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests must never reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tokenized training data is cached (data/prepare.py); tests keep theirs apart from the user's, fresh each session.
 os.environ["CHATTUNE_DATA_CACHE"] = tempfile.mkdtemp(prefix="chattune-test-data-cache-")
+atexit.register(shutil.rmtree, os.environ["CHATTUNE_DATA_CACHE"], ignore_errors=True)  # not one left per session
 
 import pytest
 
