@@ -321,7 +321,7 @@ def test_sampled_rollouts_replay_with_the_seed_and_min_p_goes_to_trl(tiny_llama,
 
 def test_align_trainer_rollouts_in_fp32_without_checkpointing_where_bf16_is_emulated(parent, tmp_path):
     """The trainer `chattune align` builds: the merged-rollout subclass of TRL's, and on a CPU without native bf16
-    fp32 and no gradient checkpointing, where TRL's defaults turn both on."""
+    fp32 and no gradient checkpointing, where TRL's defaults turn both on; scale_rewards reaches TRL."""
     import yaml
     from rich.console import Console
 
@@ -333,13 +333,14 @@ def test_align_trainer_rollouts_in_fp32_without_checkpointing_where_bf16_is_emul
     parent_values = yaml.safe_load((parent / "config.yaml").read_text())
     overrides = [item for item in FAST if item not in ("--set", "precision=fp32")]
     cfg = align_config(parent_values, str(parent), overrides=[*overrides, "precision=auto", "rewards={ending: 1.0}",
-                                                              "report_to=none"])
+                                                              "report_to=none", "scale_rewards=batch"])
     model, tokenizer = load_policy(Run.open(parent), cfg)
     dataset = prompt_dataset([[{"role": "user", "content": "hello how are you"}]] * 4, {})
     trainer = make_trainer(cfg, tmp_path, model, tokenizer, dataset, Console(quiet=True))
     assert type(trainer).__name__ == "MergedRolloutsGRPOTrainer"
     assert not trainer.args.gradient_checkpointing
     assert trainer.args.bf16 == bf16_supported(torch.device("cpu"))
+    assert trainer.scale_rewards == "batch"
 
 
 def test_align_splits_the_loss_into_micro_batches_but_decodes_each_step_at_once(parent, tmp_path, monkeypatch):

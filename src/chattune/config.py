@@ -288,6 +288,7 @@ class SummarizeConfig(TrainConfig):
 ALGORITHMS = ("grpo", "rloo", "dpo")
 BUILTIN_REWARDS = ("toxicity", "relevance", "ending", "length")  # train/rewards.py; `module:function` adds one
 REWARD_AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")  # TRL GRPOConfig.multi_objective_aggregation
+REWARD_SCALINGS = ("group", "batch", "none")  # TRL GRPOConfig.scale_rewards
 
 
 @dataclass
@@ -325,6 +326,10 @@ class AlignConfig(ChatConfig):
     # each group of completions, where the reward that varies most drowns the others; normalize_then_sum (GDPO)
     # standardises each reward within the group first, so the weights say what matters. RLOO always sums.
     reward_aggregation: str = "sum_then_normalize"
+    # GRPO, sum_then_normalize: what a completion's advantage over its group's mean is divided by. group (TRL's
+    # default): the group's own std, so a group of near-equal replies has its tiny differences blown up to the same
+    # size as a real gap; batch: one std over the step's batch, so groups with a real gap lead the update; none: raw
+    scale_rewards: str = "group"
     # GRPO/RLOO: weight of the KL penalty to the parent model (0 drops the reference model and the KL); DPO: how far
     # the policy may move from the parent. null: 0.04 for GRPO/RLOO (the DeepSeekMath GRPO value), 0.1 for DPO
     # (the DPO paper's and TRL's)
@@ -334,6 +339,9 @@ class AlignConfig(ChatConfig):
     logging_steps: int = 1  # KL and rewards move a lot from step to step; log every one
     eval_prompts: int = 64  # held-out contexts replied to by the parent and the aligned model; 0 skips the evaluation
     eval_samples: int = 4  # sampled replies per held-out context (k), besides the greedy one
+    # held-out conversations whose human replies are scored for perplexity, the first N (null: all): scoring them is
+    # a forward pass per model, and the replies' metrics can then draw on more conversations than perplexity needs
+    eval_conversations: int | None = None
 
     def __post_init__(self) -> None:
         if self.beta is None:
@@ -372,10 +380,15 @@ class AlignConfig(ChatConfig):
         _check(self.reward_aggregation in REWARD_AGGREGATIONS and
                (self.algorithm == "grpo" or self.reward_aggregation == "sum_then_normalize"), "reward_aggregation",
                self.reward_aggregation, f"one of {', '.join(REWARD_AGGREGATIONS)} (normalize_then_sum: grpo only)")
+        _check(self.scale_rewards in REWARD_SCALINGS and (self.scale_rewards == "group" or (
+            self.algorithm == "grpo" and self.reward_aggregation == "sum_then_normalize")), "scale_rewards",
+            self.scale_rewards, f"one of {', '.join(REWARD_SCALINGS)} (batch and none: grpo with sum_then_normalize)")
         _check(0 < self.length_min_words <= self.length_max_words, "length_min_words", self.length_min_words,
                f"a positive integer no larger than length_max_words={self.length_max_words}")
         _check(self.eval_prompts >= 0, "eval_prompts", self.eval_prompts, "an integer >= 0 (0 skips the evaluation)")
         _check(self.eval_samples >= 1, "eval_samples", self.eval_samples, "a positive integer")
+        _check(self.eval_conversations is None or self.eval_conversations > 0, "eval_conversations",
+               self.eval_conversations, "a positive integer, or null for all")
 
     @property
     def prompt_tokens(self) -> int:

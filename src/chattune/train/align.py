@@ -99,7 +99,7 @@ def align(cfg: AlignConfig, run: Path, *, overwrite: bool = False, console: Cons
         "prompts": report.get("prompts"),
         "train_seconds": round(time.time() - started, 1),
     })
-    return Aligned(held_out[: cfg.eval_prompts], eval_set, report.get("toxic_prone", {}))
+    return Aligned(held_out[: cfg.eval_prompts], eval_set[: cfg.eval_conversations], report.get("toxic_prone", {}))
 
 
 def load_policy(parent: Run, cfg: AlignConfig):
@@ -218,7 +218,8 @@ def make_trainer(cfg: AlignConfig, run: Path, model, tokenizer, dataset, console
         rewards = load_rewards(cfg.rewards, tokenizer, cfg)
         micro_batch = fit_memory(cfg, model, console, row_tokens=cfg.prompt_tokens + cfg.max_new_tokens)
         arguments_class, trainer_class, method_arguments = (
-            (GRPOConfig, merged_rollouts(GRPOTrainer), {"multi_objective_aggregation": cfg.reward_aggregation})
+            (GRPOConfig, merged_rollouts(GRPOTrainer), {"multi_objective_aggregation": cfg.reward_aggregation,
+                                                          "scale_rewards": cfg.scale_rewards})
             if cfg.algorithm == "grpo" else (RLOOConfig, merged_rollouts(RLOOTrainer), {}))
         args = trl_arguments(cfg, run, arguments_class, model.device, num_generations=cfg.num_generations,
                              max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature,
