@@ -1,6 +1,6 @@
 # make demo   fine-tune the offline default model on real chit-chat and show base vs tuned (~8-10 min, peak 2.9 GB on 2 cores)
-# make detox  GRPO on the demo run's toxic-prone chit-chat contexts (toxicity + relevance rewards), then the parent vs
-#             aligned table with bootstrap intervals and runs/detox/report.html (12-14 min, peak 3.6-4.2 GiB on 2 cores); builds
+# make detox  GRPO on the demo run's toxic-prone chit-chat contexts (toxicity, relevance and ending rewards), then the parent
+#             vs aligned table with bootstrap intervals and runs/detox/report.html (~14 min, peak 3.1 GB on 2 Zen 4 cores); builds
 #             runs/demo first when it is missing
 # make summarize  SmolLM2 LoRA summarising aclsum paper abstracts: zero-shot vs tuned ROUGE (~15 min on 2 cores)
 # make test   the test suite (offline; tiny models built in the tests, plus a few on the real SmolLM2)

@@ -76,6 +76,7 @@ def test_a_run_folder_written_by_an_earlier_version_still_loads(tmp_path):
     (["reward_aggregation=normalize_then_sum", "scale_rewards=batch"], "scale_rewards='batch' is not allowed"),
     (["algorithm=rloo", "scale_rewards=none"], "scale_rewards='none' is not allowed"),
     (["scale_rewards=global"], "scale_rewards='global' is not allowed"),
+    (["eval_conversations=0"], "eval_conversations=0 is not allowed"),
     (["max_prompt_tokens=8"], "max_prompt_tokens=8 is not allowed; use an integer of at least 16"),
 ])
 def test_align_keys_are_checked(override, message):
