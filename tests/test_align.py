@@ -203,14 +203,16 @@ def test_dpo_trains_on_the_web_chat_store(parent, tmp_path):
 
 
 def test_an_evaluated_alignment_writes_its_table_and_report(parent, tmp_path):
-    """Parent vs aligned on held-out contexts (alignment.json: every metric with its paired interval) and report.html's
-    alignment sections: reward and KL curves, the before/after table, the contexts whose toxicity fell most."""
+    """Parent vs aligned on held-out contexts (alignment.json: every metric with its paired interval; perplexity on the
+    first eval_conversations) and report.html's alignment sections: reward and KL curves, the before/after table, the
+    contexts whose toxicity fell most."""
     run = tmp_path / "grpo"
     fast = FAST[:-2]  # FAST but its eval_prompts=0
     assert main(["align", str(parent), "--method", "grpo", "--output", str(run), *fast, "--set", "eval_prompts=3",
-                 "--set", "eval_samples=2", "--set", "toxic_prone=false"]) == 0
+                 "--set", "eval_samples=2", "--set", "toxic_prone=false", "--set", "eval_conversations=2"]) == 0
     result = json.loads((run / "alignment.json").read_text())
     assert result["task"] == "align" and result["contexts"] == 3 and result["sampling"]["k"] == 2
+    assert result["conversations"] == 2  # perplexity on the first eval_conversations held-out conversations
     keys = {row["key"] for row in result["metrics"]}
     assert {"toxicity", "toxicity_greedy", "relevance", "perplexity", "ended"} <= keys
     assert all(row["ci"][0] <= row["delta"] <= row["ci"][1] for row in result["metrics"])
