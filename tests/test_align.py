@@ -223,6 +223,16 @@ def test_an_evaluated_alignment_writes_its_table_and_report(parent, tmp_path):
     assert "whose toxicity fell most" in page and page.count('class="role">greedy:') == 6  # 3 contexts x 2 models
     assert "toxicity x 1" in page  # the run summary names the rewards and their weights
 
+    # `chattune eval` of an align run scores the contexts its align built again, here with k=3
+    assert main(["eval", str(run), "--samples", "3"]) == 0
+    again = json.loads((run / "alignment.json").read_text())
+    assert again["sampling"]["k"] == 3 and all(len(e["tuned"]["samples"]) == 3 for e in again["examples"])
+    assert sorted(json.dumps(e["context"]) for e in again["examples"]) == sorted(
+        json.dumps(e["context"]) for e in result["examples"])
+    assert again["conversations"] == 2 and "<th>aligned</th>" in (run / "report.html").read_text()
+    assert main(["eval", str(run), "--data", "chats.jsonl"]) == 2  # what it scores is the run's own contexts
+    assert main(["eval", str(parent), "--samples", "3"]) == 2  # a chat run is scored on greedy replies
+
     dpo = tmp_path / "dpo"
     db = tmp_path / "chats.sqlite"
     _feedback_store(db)

@@ -311,16 +311,40 @@ def cmd_summarize(args) -> None:
 def cmd_eval(args) -> None:
     from rich.console import Console
 
+    from chattune.evaluate.align import print_alignment
     from chattune.evaluate.report import print_evaluation
     from chattune.pipeline import evaluate
+    from chattune.runs import Run
 
+    _check_eval_flags(args, Run.open(args.run).task)
     guards = {"repetition_penalty": args.repetition_penalty, "no_repeat_ngram_size": args.no_repeat_ngram_size}
     result = evaluate(args.run, data=args.data, split=args.split, limit=args.limit,
                       compare_base=args.compare_base, max_new_tokens=args.max_new_tokens,
                       batch_size=args.batch_size, console=Console(stderr=True),
-                      loop_guards={key: value for key, value in guards.items() if value is not None})
+                      loop_guards={key: value for key, value in guards.items() if value is not None},
+                      samples=args.samples)
+    if result["task"] == "align":
+        print_alignment(result, Console())
+        print(f"wrote {Path(args.run) / 'alignment.json'} and {Path(args.run) / 'report.html'}")
+        return
     print_evaluation(result, Console())
     print(f"wrote {Path(args.run) / 'eval.json'} and {Path(args.run) / 'report.html'}")
+
+
+def _check_eval_flags(args, task: str) -> None:
+    """An align run is scored on the contexts its own align built (parent vs aligned); a flag that would change
+    what is scored otherwise, or --samples on a run that samples no k, is refused rather than ignored."""
+    if task == "align":
+        given = [flag for flag, value in (("--data", args.data), ("--split", args.split != "eval" or None),
+                                          ("--max-new-tokens", args.max_new_tokens),
+                                          ("--repetition-penalty", args.repetition_penalty),
+                                          ("--no-repeat-ngram-size", args.no_repeat_ngram_size)) if value is not None]
+        if given:
+            raise InputError(f"eval {args.run}: {', '.join(given)} not used for an align run (it scores parent vs "
+                             "aligned on its own held-out contexts; --samples K and --limit N change how many)")
+    elif args.samples is not None:
+        raise InputError(f"eval {args.run}: --samples is for align runs (k sampled replies per context); a {task} run "
+                         "is scored on greedy replies")
 
 
 def cmd_report(args) -> None:
@@ -536,8 +560,9 @@ def _add_export_parsers(verbs) -> None:
 
 
 def _add_evaluation_parsers(verbs) -> None:
-    evaluate = verbs.add_parser("eval", help="score a run on held-out data (base vs tuned); writes eval.json, report.html")
-    evaluate.add_argument("run", help="run folder written by `chattune train`")
+    evaluate = verbs.add_parser("eval", help="score a run on held-out data (base vs tuned; an align run: parent vs "
+                                "aligned); writes eval.json (alignment.json), report.html")
+    evaluate.add_argument("run", help="run folder written by `chattune train` or `chattune align`")
     evaluate.add_argument("--data", help="file or corpus to score instead of the run's own held-out split")
     evaluate.add_argument("--split", choices=["eval", "train"], default="eval",
                           help="which side of the run's split to score (default: eval, never trained on)")
@@ -552,6 +577,8 @@ def _add_evaluation_parsers(verbs) -> None:
                           "(generation_config.json; 1 is off)")
     evaluate.add_argument("--no-repeat-ngram-size", type=int, metavar="N", help="chat runs: override the run's "
                           "no-repeat n-gram size (generation_config.json; 0 is off)")
+    evaluate.add_argument("--samples", type=int, metavar="K", help="align runs: sampled replies per held-out context "
+                          "(default: the run's eval_samples); the contexts are the ones its align scored")
     evaluate.set_defaults(func=cmd_eval)
 
     report = verbs.add_parser("report", help="re-render RUN/report.html from RUN/eval.json, or an align "

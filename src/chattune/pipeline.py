@@ -100,10 +100,18 @@ def align_and_evaluate(cfg: AlignConfig, run: Path, *, overwrite: bool = False, 
 
 def evaluate(run: str | Path, *, data: str | None = None, split: str = "eval", limit: int | None = None,
              compare_base: bool = False, max_new_tokens: int | None = None, batch_size: int = 8,
-             console: Console | None = None, loop_guards: dict | None = None) -> dict:
-    """`chattune eval RUN`: score any run folder with its task's evaluation; returns what eval.json holds.
-    `loop_guards` overrides a chat run's repetition_penalty / no_repeat_ngram_size."""
+             console: Console | None = None, loop_guards: dict | None = None, samples: int | None = None) -> dict:
+    """`chattune eval RUN`: score any run folder with its task's evaluation; returns what eval.json holds (an align
+    run: alignment.json, parent vs aligned). `loop_guards` overrides a chat run's repetition_penalty /
+    no_repeat_ngram_size; `samples` an align run's sampled replies per context."""
     folder = Run.open(run)
+    if folder.task == "align":
+        from chattune.evaluate.align import reevaluate_alignment
+        from chattune.evaluate.report import write_report
+
+        result = reevaluate_alignment(folder, samples=samples, limit=limit, console=console)
+        write_report(folder.path)
+        return result
     if folder.task == "classify":
         from chattune.evaluate.classify import evaluate_classifier
 

@@ -2,6 +2,7 @@
 
     result = evaluate_alignment(Run.open("runs/detox"), contexts, conversations)     # writes RUN/alignment.json
     print_alignment(result, Console())
+    chattune eval runs/detox --samples 16     # the same held-out contexts re-scored with k=16 (reevaluate_alignment)
 
 Both models reply to the same held-out contexts (never trained on; toxic-prone filtered when the run was): k sampled
 replies each (seeded, the same seeds for both, the serving defaults of chattune.generate.sampling) and one greedy
@@ -13,6 +14,7 @@ over contexts (conversations for perplexity), as `chattune eval` does.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -20,9 +22,11 @@ import time
 from rich.console import Console
 from rich.table import Table
 
+from chattune.config import AlignConfig
 from chattune.data.chat import tokenize_conversations
 from chattune.data.collate import PadCollator
 from chattune.data.conversation import Conversation
+from chattune.errors import InputError
 from chattune.evaluate.bootstrap import MetricSpec, comparison
 from chattune.evaluate.likelihood import conversation_likelihoods, summarize_likelihoods
 from chattune.evaluate.relevance import SentenceEncoder, context_text, cosine_similarities
@@ -49,9 +53,10 @@ METRICS = (
 
 
 def evaluate_alignment(run: Run, contexts: list[Conversation], conversations: list[Conversation], *,
-                       console: Console | None = None) -> dict:
+                       cfg: AlignConfig | None = None, console: Console | None = None) -> dict:
+    """`cfg` (default: the run's) gives k, the reply length and the seed."""
     console = console or Console(stderr=True)
-    started, cfg = time.time(), run.config
+    started, cfg = time.time(), cfg or run.config
     sampled = Sampling(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     console.print(f"alignment eval: {len(contexts)} held-out contexts x ({cfg.eval_samples} sampled + 1 greedy) "
                   f"replies of up to {cfg.max_new_tokens} tokens; perplexity on {len(conversations)} conversations")
@@ -79,6 +84,28 @@ def evaluate_alignment(run: Run, contexts: list[Conversation], conversations: li
     }
     atomic_write_json(run.alignment_path, result)
     return result
+
+
+def reevaluate_alignment(run: Run, *, samples: int | None = None, limit: int | None = None,
+                         console: Console | None = None) -> dict:
+    """`chattune eval ALIGN_RUN`: the evaluation `chattune align` ran, again, with k (`samples`) or the held-out
+    conversations read (`limit`, the run's eval_limit) changed. The held-out contexts are rebuilt as the run built
+    them (the parent's split, the seed, the toxic-prone filter with the parent's replies), so a larger k re-scores
+    the same contexts more precisely. Rewrites RUN/alignment.json."""
+    from chattune.data.load import load_chat_split
+    from chattune.train.align import held_out_contexts, load_policy
+
+    console = console or Console(stderr=True)
+    changes = {key: value for key, value in (("eval_samples", samples), ("eval_limit", limit)) if value is not None}
+    cfg = dataclasses.replace(run.config, **changes)
+    if not cfg.eval_prompts:
+        raise InputError(f"{run.path}: eval_prompts is 0 in its config.yaml: the run has no held-out contexts to "
+                         "score")
+    _, eval_set, _ = load_chat_split(cfg)
+    model, tokenizer = load_policy(Run.open(cfg.parent), cfg)  # the parent, for the toxic-prone filter
+    contexts = held_out_contexts(cfg, eval_set, model, tokenizer, {}, console)
+    del model
+    return evaluate_alignment(run, contexts, eval_set[: cfg.eval_conversations], cfg=cfg, console=console)
 
 
 def _likelihoods(backend, cfg, conversations: list[Conversation]) -> list[dict]:

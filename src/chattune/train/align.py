@@ -75,18 +75,16 @@ def align(cfg: AlignConfig, run: Path, *, overwrite: bool = False, console: Cons
         train_set, eval_set, data_report = load_chat_split(cfg)  # the parent's data, fraction and split seed
         model, tokenizer = load_policy(parent, cfg)
         model.to("cuda" if torch.cuda.is_available() else "cpu")
-        held_out = [pair.context for pair in reply_pairs(eval_set, cfg.seed)]
         report = {"data": data_report}
         if cfg.algorithm == "dpo":
             dataset = preference_dataset(cfg, report)
         else:
             contexts = fitted_contexts(training_contexts(cfg, train_set), tokenizer, cfg.prompt_tokens)
-            held_out = fitted_contexts(held_out, tokenizer, cfg.prompt_tokens)
             if cfg.toxic_prone:
                 contexts = toxic_prone(cfg, model, tokenizer, contexts[: cfg.toxic_prone_contexts], report, "train",
                                        console)
-                held_out = toxic_prone(cfg, model, tokenizer, held_out, report, "eval", console)
             dataset = prompt_dataset(contexts[: cfg.train_prompts], report)
+        held_out = held_out_contexts(cfg, eval_set, model, tokenizer, report, console)
         atomic_write_json(folder.data_report_path, report)
         trainer = make_trainer(cfg, run, model, tokenizer, dataset, console)
         fuse_policy(cfg, parent, trainer, console)
@@ -99,7 +97,7 @@ def align(cfg: AlignConfig, run: Path, *, overwrite: bool = False, console: Cons
         "prompts": report.get("prompts"),
         "train_seconds": round(time.time() - started, 1),
     })
-    return Aligned(held_out[: cfg.eval_prompts], eval_set[: cfg.eval_conversations], report.get("toxic_prone", {}))
+    return Aligned(held_out, eval_set[: cfg.eval_conversations], report.get("toxic_prone", {}))
 
 
 def load_policy(parent: Run, cfg: AlignConfig):
@@ -147,6 +145,17 @@ def fitted_contexts(contexts: list[Conversation], tokenizer, max_tokens: int) ->
             context = [*context[:-1], {**context[-1], "content": tokenizer.decode(last[over:]).lstrip()}]
         fitted.append(context)
     return fitted
+
+
+def held_out_contexts(cfg: AlignConfig, eval_set: list[Conversation], model, tokenizer, report: dict,
+                      console: Console) -> list[Conversation]:
+    """What the before/after evaluation scores: a context of each held-out conversation (never trained on), fitted to
+    max_prompt_tokens as the training prompts are, toxic-prone filtered with the parent's replies when the training
+    prompts were (`model` is the parent's), at most eval_prompts. `chattune eval` of an align run rebuilds them so."""
+    contexts = fitted_contexts([pair.context for pair in reply_pairs(eval_set, cfg.seed)], tokenizer, cfg.prompt_tokens)
+    if cfg.toxic_prone and cfg.algorithm != "dpo" and cfg.eval_prompts:
+        contexts = toxic_prone(cfg, model, tokenizer, contexts, report, "eval", console)
+    return contexts[: cfg.eval_prompts]
 
 
 def toxic_prone(cfg: AlignConfig, model, tokenizer, contexts: list[Conversation], report: dict, side: str,
