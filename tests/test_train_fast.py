@@ -157,3 +157,23 @@ def test_fast_trainer_runs_the_decoder_under_bf16_autocast(tiny_llama, tmp_path)
     batch = next(iter(trainer.get_train_dataloader()))
     trainer.compute_loss(trainer.model, batch)
     assert dtypes == [torch.bfloat16]
+
+
+@pytest.mark.parametrize("onednn, aten, capped", [
+    ("ALL", "AVX512", False), ("avx512_core_bf16", "AVX512", False), ("AVX2", "AVX512", True),
+    ("AVX512_CORE_VNNI", "AVX512", True), ("ALL", "AVX2", True),
+])
+def test_precision_auto_takes_fp32_where_the_process_is_capped_below_bf16(monkeypatch, onednn, aten, capped):
+    """ONEDNN_MAX_CPU_ISA=AVX2 or ATEN_CPU_CAPABILITY=avx2 on a CPU with AVX512-BF16 make bf16 emulated: `auto` must
+    not pick it, and asking for bf16 is the usual one-line error."""
+    from chattune import precision
+    from chattune.errors import InputError
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", onednn)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: aten)
+    assert precision.cpu_isa_capped() is capped
+    if capped:
+        assert precision.bf16_supported(torch.device("cpu")) is False
+        assert precision.use_bf16("auto", torch.device("cpu")) is False
+        with pytest.raises(InputError, match="no native bf16"):
+            precision.use_bf16("bf16", torch.device("cpu"))
