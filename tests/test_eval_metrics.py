@@ -154,3 +154,26 @@ def test_relevance_ranks_an_on_topic_reply_above_an_off_topic_one():
     assert on_topic > 0.5 > off_topic
     same = cosine_similarities(encoder, [reference], [reference])[0]
     assert same == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_the_lm_head_at_scored_tokens_only_gives_the_full_heads_numbers(fixture, request, monkeypatch):
+    """Held-out likelihood runs the LM head only where a reply token is scored (as training's loss does): the
+    per-conversation NLL, token count and correct predictions equal the full-logits path's, padding included."""
+    from chattune.data.chat import tokenize_conversations
+    from chattune.data.collate import PadCollator
+    from chattune.evaluate import likelihood as likelihood_module
+    from chattune.models import load_model
+
+    model, tokenizer = load_model(request.getfixturevalue(fixture))
+    conversations = [[{"role": "user", "content": f"hello {index} how are you " * (index + 1)},
+                      {"role": "assistant", "content": "fine thanks " * (5 - index)},
+                      {"role": "user", "content": "and food?"}, {"role": "assistant", "content": "pizza"}]
+                     for index in range(4)]
+    examples, _ = tokenize_conversations(tokenizer, conversations, 96)
+    collator = PadCollator(tokenizer.pad_token_id)
+    targeted = likelihood_module.conversation_likelihoods(model, examples, collator, 4)
+    monkeypatch.setattr(likelihood_module, "supports_target_only_loss", lambda model: False)
+    full = likelihood_module.conversation_likelihoods(model, examples, collator, 4)
+    assert [(row["tokens"], row["correct"]) for row in targeted] == [(row["tokens"], row["correct"]) for row in full]
+    assert [row["nll"] for row in targeted] == pytest.approx([row["nll"] for row in full], rel=1e-5)

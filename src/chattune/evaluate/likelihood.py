@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from chattune.data.chat import IGNORE_INDEX
+from chattune.models import unwrap_peft
+from chattune.train.fast import supports_target_only_loss
 
 
 LOGITS_BYTES = 128 * 2**20  # rows of a batch go through the model together while their logits fit this
@@ -55,13 +57,22 @@ def _per_conversation(rows: list[dict], conversations: list[int]) -> list[dict]:
 
 
 def _likelihood_rows(batch: dict, model) -> list[dict]:
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    # token t is predicted from position t-1
-    logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:]
+    labels = batch["labels"][:, 1:]  # token t is predicted from position t-1
     targets = labels != IGNORE_INDEX
-    nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
-    correct = (logits.argmax(-1) == labels) & targets
-    return [{"nll": nll[row].sum().item(), "tokens": int(targets[row].sum()), "correct": int(correct[row].sum())}
+    if supports_target_only_loss(model):
+        # the LM head only where a token is scored, as training's loss runs it (the human turns are not)
+        inner = unwrap_peft(model)
+        hidden = inner.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                     use_cache=False).last_hidden_state[:, :-1]
+        logits, scored = inner.get_output_embeddings()(hidden[targets]).float(), labels[targets]
+        rows, zeros = targets.nonzero()[:, 0], torch.zeros(labels.shape[0], device=labels.device)
+        nll = zeros.clone().index_add_(0, rows, F.cross_entropy(logits, scored, reduction="none"))
+        correct = zeros.index_add_(0, rows, (logits.argmax(-1) == scored).float())
+    else:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none").sum(1)
+        correct = ((logits.argmax(-1) == labels) & targets).sum(1)
+    return [{"nll": nll[row].item(), "tokens": int(targets[row].sum()), "correct": int(correct[row])}
             for row in range(labels.shape[0])]
 
 
