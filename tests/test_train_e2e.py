@@ -26,7 +26,7 @@ def test_lora_run_learns_and_reloads_with_plain_peft(request, tmp_path, chat_jso
     model_dir = request.getfixturevalue(fixture)
     run = run_train(tmp_path, model_dir, chat_jsonl, "--set", "max_steps=30")
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["tuned"]["loss"] < metrics["base"]["loss"] - 0.5
+    assert metrics["tuned"]["loss"] < metrics["base"]["loss"] - 0.5 and metrics["precision"] == "fp32"
     assert metrics["tuned"]["perplexity"] == pytest.approx(torch.tensor(metrics["tuned"]["loss"]).exp().item())
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_losses = [row["loss"] for row in logged if "loss" in row]
@@ -59,6 +59,9 @@ def test_full_fine_tune_with_merge_writes_plain_model(tmp_path, chat_jsonl, tiny
     assert sum(p.numel() for p in model.parameters()) > 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["tuned"]["loss"] < metrics["base"]["loss"]
+    from chattune.precision import bf16_supported
+
+    assert metrics["precision"] == ("bf16" if bf16_supported(torch.device("cpu")) else "fp32")  # what auto chose
 
 
 def test_lora_merge_gives_same_logits_as_adapter(tmp_path, chat_jsonl, tiny_llama):

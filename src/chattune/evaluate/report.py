@@ -110,7 +110,8 @@ def run_summary(config: dict, metrics: dict, log_rows: list[dict], data_report: 
         ("optimisation", f"lr {config['learning_rate']:g} ({config['lr_scheduler']}), batch {config['batch_size']}"
                          f" x {config['gradient_accumulation']}, max_length {config['max_length']}, seed {config['seed']}"),
         ("steps", f"{metrics['steps']}" + (f" ({final['epoch']:.2f} epochs)" if final else "")),
-        ("wall time", f"{metrics['train_seconds']:.0f} s from reading the data to the saved model"),
+        ("wall time", f"{metrics['train_seconds']:.0f} s from reading the data to the saved model"
+                      + (f", {metrics['precision']}" if "precision" in metrics else "")),
     ]
     if final:
         tokens = data_report["train_tokens"]["total"] * final["epoch"]  # every token of the epochs trained

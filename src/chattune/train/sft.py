@@ -84,7 +84,7 @@ def train(cfg: ChatConfig, run: Path, *, resume: bool = False, overwrite: bool =
         enable_fsdp_on_cpu(trainer)  # chat and causal summarize runs: where FSDP on CPU was run and checked
         batch = global_batch(trainer)
         if main:
-            console.print(describe_batch(trainer, batch))
+            console.print(f"{describe_batch(trainer, batch)}; {'bf16 autocast' if bf16 else 'fp32'}")
         train_or_finish(trainer, checkpoint)
         # the best checkpoint (restored by load_best_model_at_end), gathered to rank 0 under FSDP
         model = trained_model(trainer, lambda: _fresh_model(cfg))
@@ -106,6 +106,7 @@ def train(cfg: ChatConfig, run: Path, *, resume: bool = False, overwrite: bool =
         "train_seconds": round(time.time() - started, 1),
         "peak_rss_mb": round(peak_rss_mb()),  # training and both scorings, before the reply evaluation
         "memory": cfg.memory,
+        "precision": "bf16" if bf16 else "fp32",  # what `precision: auto` chose on this machine
         "int8_base": trainer.int8_base,  # null where not tried (full fine-tuning, GPU, int8_base=false)
         "fit": read_log_fit(folder.metrics_log_path),  # the curves in words, with their numbers
     })
