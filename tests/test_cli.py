@@ -111,3 +111,14 @@ def test_chat_loop_keeps_history_and_handles_commands(trained_run):
         ["hello how are you 1", first_reply, "what is your favourite food"],  # history kept
         ["be brief", "what is your favourite food"],  # new conversation with the new system prompt
     ]
+
+
+def test_result_tables_keep_whole_rows_when_piped(monkeypatch):
+    """Piped or logged, Rich would wrap the result tables at 80 columns and cut each metric's label over lines."""
+    from chattune.cli import _stdout
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setattr("sys.stdout.isatty", lambda: False)
+    assert _stdout().width == 160
+    monkeypatch.setenv("COLUMNS", "100")
+    assert _stdout().width == 100

@@ -95,8 +95,6 @@ def _sampling(args):
 
 
 def cmd_data_inspect(args) -> None:
-    from rich.console import Console
-
     from chattune.data.inspect import inspect_data, print_inspection
 
     if args.sample < 1:
@@ -108,7 +106,7 @@ def cmd_data_inspect(args) -> None:
         print(_printable(text))
     else:
         result = json.loads(_printable(json.dumps(result)))
-        print_inspection(result, Console())
+        print_inspection(result, _stdout())
 
 
 def cmd_data_convert(args) -> None:
@@ -162,11 +160,11 @@ def cmd_train(args) -> None:
     if result is None:  # a rank other than 0 of a distributed launch: rank 0 reports
         return
     if result["evaluation"] is not None:
-        print_evaluation(result["evaluation"], Console())
+        print_evaluation(result["evaluation"], _stdout())
     elif result["task"] == "summarize":  # eval_summaries: 0 skipped the evaluation
         print(f"held-out eval loss (summary tokens): {result['metrics']['best_eval_loss']:.4f}")
     else:  # eval_replies: 0 skipped the evaluation; training's own base/tuned likelihood is what there is
-        print_before_after(result["metrics"], Console())
+        print_before_after(result["metrics"], _stdout())
     if "fit" in result["metrics"]:  # the loss curves in words (evaluate/fit.py)
         print(f"fit: {result['metrics']['fit']['text']}")
     if result["task"] == "classify":
@@ -223,7 +221,7 @@ def cmd_align(args) -> None:
     cfg, run = _align_config(args)
     result = align_and_evaluate(cfg, run, overwrite=args.overwrite, console=Console(stderr=True))
     if result["evaluation"] is not None:
-        print_alignment(result["evaluation"], Console())
+        print_alignment(result["evaluation"], _stdout())
     print(f"run folder: {run}\n  chat:     chattune chat {run}\n  compare:  {run / 'alignment.json'}\n"
           f"  report:   {run / 'report.html'}")
 
@@ -308,6 +306,14 @@ def cmd_summarize(args) -> None:
                          ensure_ascii=False) if args.jsonl else summary.text)
 
 
+def _stdout():
+    """The console for result tables. Piped or logged (`make detox | tee log`), Rich would wrap them at 80 columns
+    and cut each metric's label over three lines; 160 keeps a row whole (COLUMNS, when set, still decides)."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
+
+
 def cmd_eval(args) -> None:
     from rich.console import Console
 
@@ -324,10 +330,10 @@ def cmd_eval(args) -> None:
                       loop_guards={key: value for key, value in guards.items() if value is not None},
                       samples=args.samples)
     if result["task"] == "align":
-        print_alignment(result, Console())
+        print_alignment(result, _stdout())
         print(f"wrote {Path(args.run) / 'alignment.json'} and {Path(args.run) / 'report.html'}")
         return
-    print_evaluation(result, Console())
+    print_evaluation(result, _stdout())
     print(f"wrote {Path(args.run) / 'eval.json'} and {Path(args.run) / 'report.html'}")
 
 
