@@ -27,6 +27,13 @@ def test_lora_run_learns_and_reloads_with_plain_peft(request, tmp_path, chat_jso
     run = run_train(tmp_path, model_dir, chat_jsonl, "--set", "max_steps=30")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["tuned"]["loss"] < metrics["base"]["loss"] - 0.5 and metrics["precision"] == "fp32"
+    import yaml
+
+    from chattune.evaluate.report import run_summary
+
+    summary = dict(run_summary(yaml.safe_load((run / "config.yaml").read_text()), metrics, [],
+                               json.loads((run / "data_report.json").read_text())))
+    assert summary["precision"] == "fp32"  # the report's run summary says what the run trained in
     assert metrics["tuned"]["perplexity"] == pytest.approx(torch.tensor(metrics["tuned"]["loss"]).exp().item())
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_losses = [row["loss"] for row in logged if "loss" in row]

@@ -110,9 +110,10 @@ def run_summary(config: dict, metrics: dict, log_rows: list[dict], data_report: 
         ("optimisation", f"lr {config['learning_rate']:g} ({config['lr_scheduler']}), batch {config['batch_size']}"
                          f" x {config['gradient_accumulation']}, max_length {config['max_length']}, seed {config['seed']}"),
         ("steps", f"{metrics['steps']}" + (f" ({final['epoch']:.2f} epochs)" if final else "")),
-        ("wall time", f"{metrics['train_seconds']:.0f} s from reading the data to the saved model"
-                      + (f", {metrics['precision']}" if "precision" in metrics else "")),
+        ("wall time", f"{metrics['train_seconds']:.0f} s from reading the data to the saved model"),
     ]
+    if "precision" in metrics:  # what `precision: auto` chose on the machine that trained
+        rows.append(("precision", "bf16 autocast" if metrics["precision"] == "bf16" else "fp32"))
     if final:
         tokens = data_report["train_tokens"]["total"] * final["epoch"]  # every token of the epochs trained
         rows.append(("throughput", f"{tokens / final['train_runtime']:,.0f} tokens/s in the training loop "

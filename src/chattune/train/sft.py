@@ -105,8 +105,7 @@ def train(cfg: ChatConfig, run: Path, *, resume: bool = False, overwrite: bool =
         **batch,
         "train_seconds": round(time.time() - started, 1),
         "peak_rss_mb": round(peak_rss_mb()),  # training and both scorings, before the reply evaluation
-        "memory": cfg.memory,
-        "precision": "bf16" if bf16 else "fp32",  # what `precision: auto` chose on this machine
+        "memory": cfg.memory, "precision": "bf16" if bf16 else "fp32",  # what `precision: auto` chose here
         "int8_base": trainer.int8_base,  # null where not tried (full fine-tuning, GPU, int8_base=false)
         "fit": read_log_fit(folder.metrics_log_path),  # the curves in words, with their numbers
     })
