@@ -102,10 +102,7 @@ def reevaluate_alignment(run: Run, *, samples: int | None = None, limit: int | N
         raise InputError(f"{run.path}: eval_prompts is 0 in its config.yaml: the run has no held-out contexts to "
                          "score")
     _, eval_set, _ = load_chat_split(cfg)
-    import torch
-
     model, tokenizer = load_policy(Run.open(cfg.parent), cfg)  # the parent, for the toxic-prone filter
-    model.to("cuda" if torch.cuda.is_available() else "cpu")  # where `chattune align` ran the filter
     contexts = held_out_contexts(cfg, eval_set, model, tokenizer, {}, console)
     del model
     return evaluate_alignment(run, contexts, eval_set[: cfg.eval_conversations], cfg=cfg, console=console)

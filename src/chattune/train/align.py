@@ -74,7 +74,6 @@ def align(cfg: AlignConfig, run: Path, *, overwrite: bool = False, console: Cons
         seed_everything(cfg.seed)
         train_set, eval_set, data_report = load_chat_split(cfg)  # the parent's data, fraction and split seed
         model, tokenizer = load_policy(parent, cfg)
-        model.to("cuda" if torch.cuda.is_available() else "cpu")
         report = {"data": data_report}
         if cfg.algorithm == "dpo":
             dataset = preference_dataset(cfg, report)
@@ -102,7 +101,7 @@ def align(cfg: AlignConfig, run: Path, *, overwrite: bool = False, console: Cons
 
 def load_policy(parent: Run, cfg: AlignConfig):
     """The parent's model, trainable: its LoRA adapter over the base model (the base stays frozen), or its full
-    weights. The tokenizer is the parent's, with the chat template it trained with."""
+    weights, on the GPU when there is one. The tokenizer is the parent's, with the chat template it trained with."""
     if parent.task not in ("chat", "align"):
         raise InputError(f"{parent.path}: a {parent.task} run; align continues a chat run (task: chat)")
     tokenizer = load_tokenizer(str(parent.tokenizer_dir))
@@ -112,9 +111,10 @@ def load_policy(parent: Run, cfg: AlignConfig):
         from peft import PeftModel
 
         base, _ = load_model(cfg.model)
-        return PeftModel.from_pretrained(base, parent.adapter_dir, is_trainable=True), tokenizer
-    model, _ = load_model(str(parent.weights))
-    return model, tokenizer
+        model = PeftModel.from_pretrained(base, parent.adapter_dir, is_trainable=True)
+    else:
+        model, _ = load_model(str(parent.weights))
+    return model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer
 
 
 def training_contexts(cfg: AlignConfig, train_set: list[Conversation]) -> list[Conversation]:
